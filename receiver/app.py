@@ -1,0 +1,303 @@
+"""The ASGI app: `POST /webhooks` verifies, stores durably, acknowledges, then dispatches.
+
+The webhook path is served by a lean ASGI function (no Request object, no middleware): it
+is the hot path. Everything else (`/healthz`, `/stream`, `/inspect`) goes through Starlette.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from .dispatch import Dispatcher, DispatchSettings
+from .errors import ConfigurationError, StoreUnavailable, VerificationError
+from .hooks import Hooks
+from .sqlite_store import DEFAULT_DB, SQLiteStore
+from .store import Incoming, Store
+from .verify import Verifier
+
+__all__ = ["DEFAULT_MAX_BODY", "MontraApp", "create_app", "secrets_from_env"]
+
+log = logging.getLogger("montra.receiver")
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+_STATUS_OF_REASON = {
+    "missing_headers": 400,
+    "bad_timestamp": 400,
+    "timestamp_out_of_tolerance": 401,
+    "invalid_signature": 401,
+}
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def secrets_from_env() -> list[str]:
+    """Secrets from `MONTRA_HOOKS_SECRETS` (comma-separated), if set."""
+    return [s.strip() for s in os.environ.get("MONTRA_HOOKS_SECRETS", "").split(",") if s.strip()]
+
+
+def create_app(
+    hooks: Hooks | None = None,
+    *,
+    db: str | os.PathLike[str] | Store | None = None,
+    secrets: Sequence[str] | str | None = None,
+    path: str = "/webhooks",
+    tolerance: int = 300,
+    max_body: int = DEFAULT_MAX_BODY,
+    dispatch: Literal["background", "inline"] = "background",
+    max_attempts: int = 7,
+    backoff: float = 1.0,
+    concurrency: int = 16,
+) -> MontraApp:
+    """Build the receiver app, standalone or to mount in a Starlette or FastAPI app.
+
+    >>> app = create_app(hooks, db="montra-events.db", secrets=["whsec_..."])
+
+    `secrets` default to env `MONTRA_HOOKS_SECRETS`; `db` to env `MONTRA_HOOKS_DB`, then
+    `montra-events.db`. Mounted, pass `app.lifespan` to the parent (`FastAPI(lifespan=app.lifespan)`).
+    """
+    if secrets is None:
+        secrets = secrets_from_env()
+    if not secrets:
+        raise ConfigurationError("No webhook secret: pass secrets=[...] or set MONTRA_HOOKS_SECRETS.")
+    if dispatch not in ("background", "inline"):
+        raise ConfigurationError(f"dispatch must be 'background' or 'inline', got {dispatch!r}.")
+    if max_attempts < 1:
+        raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}.")
+    if db is None:
+        db = os.environ.get("MONTRA_HOOKS_DB") or DEFAULT_DB
+    settings = DispatchSettings(max_attempts=max_attempts, backoff=backoff, concurrency=concurrency)
+    return MontraApp(
+        hooks or Hooks(),
+        db=db,
+        verifier=Verifier(secrets, tolerance=tolerance),
+        path=path,
+        max_body=max_body,
+        inline=dispatch == "inline",
+        settings=settings,
+    )
+
+
+class MontraApp:
+    """The receiver as an ASGI app. `lifespan` opens the store and runs the dispatcher."""
+
+    def __init__(
+        self,
+        hooks: Hooks,
+        *,
+        db: str | os.PathLike[str] | Store,
+        verifier: Verifier,
+        path: str,
+        max_body: int,
+        inline: bool,
+        settings: DispatchSettings,
+    ) -> None:
+        self.hooks = hooks
+        self.verifier = verifier
+        self.path = path
+        self.max_body = max_body
+        self.inline = inline
+        self.settings = settings
+        self._db = db
+        self._store: Store | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._started_by_lifespan = False
+        self.router = Starlette(
+            routes=[
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route(path, self._method_not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"]),
+            ],
+            exception_handlers={HTTPException: _http_error},
+            lifespan=self.lifespan,
+        )
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("The receiver has not started: enter app.lifespan(app) or send it a request first.")
+        return self._store
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
+        """Open the store and run the dispatcher (crash recovery included) for the app's lifetime."""
+        await self._start()
+        self._started_by_lifespan = True
+        try:
+            yield
+        finally:
+            await self._stop()
+            self._started_by_lifespan = False
+
+    async def _start(self) -> None:
+        if self._store is not None:
+            return
+        store = self._db if not isinstance(self._db, str | os.PathLike) else SQLiteStore(self._db)
+        dispatcher = Dispatcher(self.hooks, store, self.settings)
+        if not self.inline:
+            await dispatcher.start()
+        self._store, self._dispatcher = store, dispatcher
+
+    async def _stop(self) -> None:
+        if self._store is None:
+            return
+        assert self._dispatcher is not None
+        await self._dispatcher.stop()
+        if isinstance(self._db, str | os.PathLike):
+            await self._store.close()
+        self._store = self._dispatcher = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if self._store is None:
+                log.warning(
+                    "montra-webhooks started on its first request: its lifespan did not run, so crash recovery "
+                    "waited for traffic. Pass app.lifespan to the parent app (FastAPI(lifespan=montra.lifespan))."
+                )
+                await self._start()
+            if scope["method"] == "POST" and _route_path(scope) == self.path:
+                await self._receive_webhook(scope, receive, send)
+                return
+        await self.router(scope, receive, send)
+
+    # -- POST /webhooks --------------------------------------------------------------------
+
+    async def _receive_webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        try:
+            status, payload = await self._handle(scope, receive, headers)
+        except Exception:  # a bug must cost one request a 500, never the server
+            log.exception("unexpected error receiving a webhook")
+            status, payload = 500, {"error": "internal_error", "message": "The receiver failed unexpectedly."}
+        body = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status, "headers": _json_headers(body)})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _handle(self, scope: Scope, receive: Receive, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        body = b""
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return self._reject(scope, headers, b"", 413, "body_too_large", self._too_large)
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                return 400, {"error": "disconnected", "message": "The client went away before sending the body."}
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return self._reject(scope, headers, b"".join(chunks), 413, "body_too_large", self._too_large)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+        content_type = headers.get("content-type")
+        if content_type is not None and not _is_json(content_type):
+            message_text = f"Content-Type {content_type!r} is not JSON: send application/json."
+            return self._reject(scope, headers, body, 415, "unsupported_media_type", message_text)
+        try:
+            self.verifier.verify(body, headers)
+        except VerificationError as e:
+            return self._reject(scope, headers, body, _STATUS_OF_REASON[e.code], e.code, e.message)
+        try:
+            envelope = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return self._reject(scope, headers, body, 400, "invalid_json", "The body is not UTF-8 JSON.")
+        if not isinstance(envelope, dict) or not isinstance(envelope.get("type"), str) or not envelope["type"]:
+            message_text = 'The body is not a Montra event: it needs a string "type".'
+            return self._reject(scope, headers, body, 400, "invalid_event", message_text)
+
+        event_id = headers.get("webhook-id") or headers["svix-id"]
+        event_type: str = envelope["type"]
+        occurred_at = envelope.get("timestamp")
+        incoming = Incoming(
+            id=event_id,
+            type=event_type,
+            occurred_at=occurred_at if isinstance(occurred_at, str) else None,
+            received_at=time.time(),
+            headers=headers,
+            body=body,
+            handlers=[r.name for r in self.hooks.handlers_for(event_type)],
+        )
+        store, dispatcher = self.store, self._dispatcher
+        assert dispatcher is not None
+        try:
+            result = await store.ingest(incoming)
+        except StoreUnavailable as e:
+            return 503, {"error": "store_unavailable", "message": f"{e} Nothing was stored: send it again later."}
+        if incoming.handlers and (result.status == "stored" or result.requeued or self.inline):
+            if self.inline:
+                failures = await dispatcher.run_inline(event_id)
+                if failures:
+                    names = ", ".join(name for name, _ in failures)
+                    message_text = f"Stored, but handler(s) failed: {names}. Send it again to retry them."
+                    return 500, {"error": "handler_failed", "message": message_text, "id": event_id}
+            else:
+                dispatcher.wake()
+        return 200, {"id": event_id, "status": result.status}
+
+    @property
+    def _too_large(self) -> str:
+        return f"The body is larger than the limit of {self.max_body} bytes."
+
+    def _reject(
+        self, scope: Scope, headers: dict[str, str], body: bytes, status: int, code: str, message: str
+    ) -> tuple[int, dict[str, Any]]:
+        client = scope.get("client")
+        with contextlib.suppress(StoreUnavailable):  # diagnosis is best effort; the answer is what matters
+            self.store.reject(reason=code, remote=client[0] if client else None, headers=headers, body=body)
+        return status, {"error": code, "message": message}
+
+    # -- other routes ----------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        if await self.store.check_writable():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse(
+            {"error": "store_unavailable", "message": "The event store cannot write to disk."}, status_code=503
+        )
+
+    async def _method_not_allowed(self, request: Request) -> Response:
+        return JSONResponse(
+            {"error": "method_not_allowed", "message": f"Send webhooks with POST {self.path}."},
+            status_code=405,
+            headers={"allow": "POST"},
+        )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _route_path(scope: Scope) -> str:
+    # As Starlette does: a mounted app sees the full path, with the mount's prefix in root_path.
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path

@@ -1,0 +1,34 @@
+"""The local development secret: created by `serve` on loopback, used by trigger, replay and listen."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .verify import generate_secret
+
+__all__ = ["DEV_SECRET_FILE", "load_dev_secret", "load_or_create_dev_secret"]
+
+DEV_SECRET_FILE = Path(".montra-hooks") / "dev-secret"
+"""Relative to the working directory, as `montra-events.db` is."""
+
+
+def load_dev_secret(path: Path = DEV_SECRET_FILE) -> str | None:
+    """The dev secret, or None if `serve` has not created one here."""
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def load_or_create_dev_secret(path: Path = DEV_SECRET_FILE) -> tuple[str, bool]:
+    """(secret, created): read the dev secret, or create it readable by this user only."""
+    existing = load_dev_secret(path)
+    if existing is not None:
+        return existing, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = generate_secret()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret, True

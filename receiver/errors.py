@@ -1,0 +1,53 @@
+"""The exceptions this package raises on purpose, in one hierarchy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = [
+    "ConfigurationError",
+    "MontraHooksError",
+    "NoRetry",
+    "StoreUnavailable",
+    "VerificationError",
+    "VerificationReason",
+]
+
+VerificationReason = Literal["missing_headers", "bad_timestamp", "timestamp_out_of_tolerance", "invalid_signature"]
+
+
+class MontraHooksError(Exception):
+    """Base class of every error montra-webhooks raises itself."""
+
+
+class ConfigurationError(MontraHooksError, ValueError):
+    """A secret, key or option cannot be used as given; the message says how to fix it."""
+
+
+class VerificationError(MontraHooksError):
+    """A webhook failed verification; `code` is the reason, as the HTTP error body names it.
+
+    >>> try:
+    ...     Verifier(["whsec_..."]).verify(body, headers)
+    ... except VerificationError as e:
+    ...     e.code  # "missing_headers", "bad_timestamp", "timestamp_out_of_tolerance" or "invalid_signature"
+    """
+
+    def __init__(self, code: VerificationReason, message: str) -> None:
+        super().__init__(message)
+        self.code: VerificationReason = code
+        self.message = message
+
+
+class StoreUnavailable(MontraHooksError):
+    """The store could not durably write; nothing in the failed batch was kept."""
+
+
+class NoRetry(Exception):
+    """Raise from a handler to mark its run `dead` at once, with no further attempts.
+
+    >>> @hooks.on("refund.created")
+    ... def refund(event):
+    ...     if "transaction_id" not in event.data:
+    ...         raise NoRetry("refund without transaction_id: retrying will not help")
+    """

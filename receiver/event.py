@@ -1,0 +1,82 @@
+"""The event a handler receives, the handler types and the status values: named once, imported everywhere."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeAlias
+
+__all__ = [
+    "DeadCallback",
+    "Event",
+    "EventStatus",
+    "Handler",
+    "RunStatus",
+]
+
+RunStatus: TypeAlias = Literal["pending", "running", "succeeded", "failed", "dead"]
+"""A handler run: `failed` waits to retry; `dead` will not be tried again unless re-queued."""
+
+EventStatus: TypeAlias = Literal["dead", "failed", "pending", "handled", "unhandled"]
+"""An event's status, derived from its runs: the first of these that applies."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One Montra webhook as a handler sees it.
+
+    `id` is the `webhook-id` header (the idempotency key: the same on every retry and
+    redelivery), `body` the exact bytes received, `attempt` this handler's try, from 1.
+    Delivery is at least once: a handler must be idempotent on `event.id`.
+    """
+
+    id: str
+    type: str
+    data: dict[str, Any]
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timestamp: datetime | None = None
+    previous_attributes: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+
+    @classmethod
+    def from_body(cls, id: str, body: bytes, headers: Mapping[str, str] | None = None, *, attempt: int = 1) -> Event:
+        """Parse an envelope (`{"type": ..., "data": ..., "timestamp": ...}`) received as `body`."""
+        envelope = json.loads(body)
+        return cls.from_envelope(id, envelope, body, headers or {}, attempt=attempt)
+
+    @classmethod
+    def from_envelope(
+        cls, id: str, envelope: dict[str, Any], body: bytes, headers: Mapping[str, str], *, attempt: int = 1
+    ) -> Event:
+        data = envelope.get("data")
+        previous = envelope.get("previous_attributes")
+        return cls(
+            id=id,
+            type=envelope["type"],
+            data=data if isinstance(data, dict) else {},
+            body=body,
+            headers=headers,
+            timestamp=parse_timestamp(envelope.get("timestamp")),
+            previous_attributes=previous if isinstance(previous, dict) else {},
+            attempt=attempt,
+        )
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """The envelope's `timestamp` as an aware datetime, or None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+Handler: TypeAlias = Callable[[Event], Awaitable[None] | None]
+"""A handler: `async def f(event)` runs on the event loop, `def f(event)` in the dispatcher's thread pool."""
+
+DeadCallback: TypeAlias = Callable[[Event, str, str], Awaitable[None] | None]
+"""Called as `(event, handler_name, error)` when a run becomes `dead`."""

@@ -1,0 +1,116 @@
+"""The SQLite schema: public (users query it with sqlite-utils or Datasette), versioned with `user_version`."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+
+from .errors import ConfigurationError
+
+__all__ = ["SCHEMA_VERSION", "migrate"]
+
+# An event's status is derived from its runs, in the database itself, so that every
+# writer (the receiver, `montra-hooks retry`, a user's own UPDATE) keeps it true.
+_EVENT_STATUS = """
+    UPDATE events SET status = (
+        SELECT CASE
+            WHEN count(*) = 0 THEN 'unhandled'
+            WHEN sum(status = 'dead') > 0 THEN 'dead'
+            WHEN sum(status = 'failed') > 0 THEN 'failed'
+            WHEN sum(status IN ('pending', 'running')) > 0 THEN 'pending'
+            ELSE 'handled'
+        END
+        FROM handler_runs WHERE event_id = {row}.event_id
+    )
+    WHERE id = {row}.event_id;
+"""
+
+_MIGRATIONS: list[str] = [
+    # 1: the first public schema.
+    f"""
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        occurred_at TEXT,
+        received_at TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        status TEXT NOT NULL DEFAULT 'unhandled'
+    );
+    CREATE INDEX events_type ON events (type, seq);
+    CREATE INDEX events_status ON events (status, seq);
+    CREATE INDEX events_received_at ON events (received_at);
+
+    CREATE TABLE handler_runs (
+        event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        handler TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt_at TEXT,
+        lease_owner TEXT,
+        lease_until TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        duration_ms REAL,
+        PRIMARY KEY (event_id, handler)
+    );
+    CREATE INDEX handler_runs_due ON handler_runs (status, next_attempt_at);
+    CREATE INDEX handler_runs_handler ON handler_runs (handler, status);
+
+    CREATE TABLE rejections (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        remote TEXT,
+        headers TEXT NOT NULL,
+        body BLOB
+    );
+
+    CREATE TRIGGER handler_runs_inserted AFTER INSERT ON handler_runs BEGIN
+        {_EVENT_STATUS.format(row="NEW")}
+    END;
+    CREATE TRIGGER handler_runs_updated AFTER UPDATE OF status ON handler_runs BEGIN
+        {_EVENT_STATUS.format(row="NEW")}
+    END;
+    CREATE TRIGGER handler_runs_deleted AFTER DELETE ON handler_runs BEGIN
+        {_EVENT_STATUS.format(row="OLD")}
+    END;
+    """,
+]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database up to SCHEMA_VERSION, one transaction per step; refuse a newer one."""
+    db = sqlite_utils.Database(conn)
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"The database has schema version {version}, newer than this montra-webhooks "
+            f"understands ({SCHEMA_VERSION}): upgrade montra-webhooks or use another --db."
+        )
+    for step in range(version, SCHEMA_VERSION):
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            # Another process may have migrated while we waited for the lock.
+            if conn.execute("PRAGMA user_version").fetchone()[0] > step:
+                continue
+            for statement in _split(_MIGRATIONS[step]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step + 1}")
+
+
+def _split(script: str) -> list[str]:
+    """Split a migration into statements, keeping each trigger body whole."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]

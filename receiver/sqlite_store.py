@@ -1,0 +1,355 @@
+"""The embedded store: one SQLite file, WAL, `synchronous=FULL`, writes grouped into batches.
+
+One connection writes (through `GroupCommit`); reads run on a small pool of threads, each with
+its own connection, so a long listing never holds up an acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .errors import ConfigurationError
+from .event import RunStatus
+from .group_commit import GroupCommit
+from .schema import SCHEMA_VERSION, migrate
+from .store import EventFilter, Incoming, IngestResult, Run, StoredEvent, iso, redact
+
+__all__ = ["DEFAULT_DB", "MAX_REJECTIONS", "REJECTED_BODY_BYTES", "SQLiteStore", "connect", "select_events"]
+
+DEFAULT_DB = "montra-events.db"
+MAX_REJECTIONS = 1000
+"""`rejections` keeps the newest this many rows."""
+REJECTED_BODY_BYTES = 4096
+"""A rejected request's body is kept only this far, for diagnosis."""
+
+T = TypeVar("T")
+
+_EVENT_COLUMNS = "seq, id, type, occurred_at, received_at, headers, body, status"
+_RUN_COLUMNS = (
+    "event_id, handler, status, attempts, last_error, next_attempt_at, lease_owner, lease_until, "
+    "started_at, finished_at, duration_ms"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (id, type, occurred_at, received_at, headers, body) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+_INSERT_RUN = "INSERT INTO handler_runs (event_id, handler, status, next_attempt_at) VALUES (?, ?, 'pending', ?)"
+# A resend is a request to try again: dead runs get a fresh cycle of attempts; the others are left alone.
+_REQUEUE_DEAD = (
+    "UPDATE handler_runs SET status = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL, "
+    "lease_until = NULL WHERE event_id = ? AND status = 'dead'"
+)
+_DUE = "((status IN ('pending', 'failed') AND next_attempt_at <= ?) OR (status = 'running' AND lease_until < ?))"
+_UNFINISHED = "event_id = ? AND (status IN ('pending', 'failed', 'dead') OR (status = 'running' AND lease_until < ?))"
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the database with the pragmas every connection needs; create and migrate it when writable."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            conn.execute("PRAGMA query_only = ON")
+        else:
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+                raise ConfigurationError(f"{path} cannot use write-ahead logging: put --db on a local disk.")
+            conn.execute("PRAGMA synchronous = FULL")
+            migrate(conn)
+    except sqlite3.Error as e:
+        raise ConfigurationError(f"Cannot open the event store at {path}: {e}. Check --db and its folder.") from e
+    return conn
+
+
+class SQLiteStore:
+    """The `Store` on one SQLite file. Create it anywhere; it binds to the event loop that first uses it."""
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB, *, readers: int = 4) -> None:
+        self.path = os.fspath(path)
+        self._writer = connect(self.path)
+        self._commits = GroupCommit(self._writer)
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="montra-read")
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def ingest(self, incoming: Incoming) -> IngestResult:
+        headers = json.dumps(redact(incoming.headers))
+        received_at = iso(incoming.received_at)
+
+        def op(conn: sqlite3.Connection) -> IngestResult:
+            cursor = conn.execute(
+                _INSERT_EVENT,
+                (incoming.id, incoming.type, incoming.occurred_at, received_at, headers, incoming.body),
+            )
+            if cursor.rowcount == 1:
+                if incoming.handlers:
+                    conn.executemany(_INSERT_RUN, [(incoming.id, name, received_at) for name in incoming.handlers])
+                return IngestResult("stored", seq=cursor.lastrowid)
+            requeued = conn.execute(_REQUEUE_DEAD, (received_at, incoming.id)).rowcount
+            return IngestResult("duplicate", requeued=requeued)
+
+        return await self._commits.run(op)
+
+    def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None:
+        row = (iso(time.time()), reason, remote, json.dumps(redact(headers)), body[:REJECTED_BODY_BYTES])
+
+        def op(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "INSERT INTO rejections (received_at, reason, remote, headers, body) VALUES (?, ?, ?, ?, ?)", row
+            )
+            conn.execute("DELETE FROM rejections WHERE id <= ?", ((cursor.lastrowid or 0) - MAX_REJECTIONS,))
+
+        self._commits.submit(op)
+
+    async def check_writable(self) -> bool:
+        """Write and fsync for real: only a write proves the disk takes writes."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            # Rewriting the schema version dirties the header page: a real, harmless write.
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+        try:
+            await self._commits.run(op)
+        except Exception:  # any failure to write means "not writable"; GroupCommit logged it
+            return False
+        return True
+
+    async def claim(
+        self, *, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None = None
+    ) -> list[Run]:
+        """Take up to `limit` due runs with one atomic UPDATE; with `event_id`, every unfinished run of it."""
+        if not handlers or limit <= 0:
+            return []
+        names = ", ".join("?" * len(handlers))
+        stamp = iso(now)
+        if event_id is None:
+            condition, condition_params = _DUE, [stamp, stamp]
+        else:
+            condition, condition_params = _UNFINISHED, [event_id, stamp]
+        sql = (
+            "UPDATE handler_runs SET status = 'running', lease_owner = ?, lease_until = ?, "
+            "attempts = attempts + 1, started_at = ?, finished_at = NULL, duration_ms = NULL "
+            f"WHERE rowid IN (SELECT rowid FROM handler_runs WHERE handler IN ({names}) AND {condition} "
+            f"ORDER BY next_attempt_at LIMIT ?) RETURNING {_RUN_COLUMNS}"
+        )
+        params = (owner, iso(now + lease), stamp, *handlers, *condition_params, limit)
+        return await self._commits.run(lambda conn: [_run(row) for row in conn.execute(sql, params).fetchall()])
+
+    async def renew(self, *, owner: str, until: float) -> int:
+        sql = "UPDATE handler_runs SET lease_until = ? WHERE lease_owner = ? AND status = 'running'"
+        return await self._commits.run(lambda conn: conn.execute(sql, (iso(until), owner)).rowcount)
+
+    async def finish(
+        self,
+        *,
+        owner: str,
+        event_id: str,
+        handler: str,
+        status: RunStatus,
+        error: str | None,
+        next_attempt_at: float | None,
+        finished_at: float,
+        duration_ms: float,
+    ) -> bool:
+        sql = (
+            "UPDATE handler_runs SET status = ?, last_error = ?, next_attempt_at = ?, lease_owner = NULL, "
+            "lease_until = NULL, finished_at = ?, duration_ms = ? "
+            "WHERE event_id = ? AND handler = ? AND lease_owner = ? AND status = 'running'"
+        )
+        due = iso(next_attempt_at) if next_attempt_at is not None else None
+        params = (status, error, due, iso(finished_at), duration_ms, event_id, handler, owner)
+        return await self._commits.run(lambda conn: conn.execute(sql, params).rowcount == 1)
+
+    async def release(self, *, owner: str) -> int:
+        sql = (
+            "UPDATE handler_runs SET status = 'pending', attempts = max(attempts - 1, 0), lease_owner = NULL, "
+            "lease_until = NULL, next_attempt_at = ? WHERE lease_owner = ? AND status = 'running'"
+        )
+        return await self._commits.run(lambda conn: conn.execute(sql, (iso(time.time()), owner)).rowcount)
+
+    async def requeue(
+        self, *, ids: Sequence[str] = (), handler: str | None = None, status: Sequence[str] = ("failed", "dead")
+    ) -> int:
+        where = [f"status IN ({', '.join('?' * len(status))})"]
+        params: list[Any] = [iso(time.time()), *status]
+        if ids:
+            where.append(f"event_id IN ({', '.join('?' * len(ids))})")
+            params.extend(ids)
+        if handler is not None:
+            where.append("handler = ?")
+            params.append(handler)
+        sql = (
+            "UPDATE handler_runs SET attempts = CASE WHEN status = 'dead' THEN 0 ELSE attempts END, "
+            "status = 'pending', next_attempt_at = ?, lease_owner = NULL, lease_until = NULL "
+            f"WHERE {' AND '.join(where)}"
+        )
+        return await self._commits.run(lambda conn: conn.execute(sql, params).rowcount)
+
+    async def prune(self, *, before: float) -> dict[str, int]:
+        cutoff = iso(before)
+
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            old = "SELECT id FROM events WHERE received_at < ?"
+            runs = conn.execute(f"DELETE FROM handler_runs WHERE event_id IN ({old})", (cutoff,)).rowcount
+            events = conn.execute("DELETE FROM events WHERE received_at < ?", (cutoff,)).rowcount
+            rejections = conn.execute("DELETE FROM rejections WHERE received_at < ?", (cutoff,)).rowcount
+            return {"events": events, "handler_runs": runs, "rejections": rejections}
+
+        return await self._commits.run(op)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        rows = await self._read(select_events, EventFilter(ids=[event_id]))
+        return rows[0] if rows else None
+
+    async def get_runs(self, event_id: str) -> list[Run]:
+        sql = f"SELECT {_RUN_COLUMNS} FROM handler_runs WHERE event_id = ? ORDER BY handler"
+        return await self._read(lambda conn: [_run(row) for row in conn.execute(sql, (event_id,))])
+
+    async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
+        return await self._read(select_events, selection)
+
+    async def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
+        """Every selected event in seq order, read a page at a time: memory does not grow with the count."""
+        after = selection.after_seq
+        remaining = selection.limit
+        while remaining is None or remaining > 0:
+            size = page if remaining is None else min(page, remaining)
+            query = EventFilter(
+                ids=selection.ids,
+                types=selection.types,
+                status=selection.status,
+                since=selection.since,
+                until=selection.until,
+                after_seq=after,
+                max_seq=selection.max_seq,
+                limit=size,
+            )
+            rows = await self._read(select_events, query)
+            for row in rows:
+                yield row
+            if len(rows) < size:
+                return
+            after = rows[-1].seq
+            if remaining is not None:
+                remaining -= len(rows)
+
+    async def seq_bounds(self) -> tuple[int, int]:
+        """(oldest seq still stored or the next one, newest seq ever assigned); (1, 0) for a new store."""
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            newest_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            newest = newest_row[0] if newest_row else 0
+            oldest = conn.execute("SELECT min(seq) FROM events").fetchone()[0]
+            return (oldest if oldest is not None else newest + 1, newest)
+
+        return await self._read(op)
+
+    async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
+        names = ", ".join("?" * len(handlers))
+        sql = (
+            "SELECT handler, count(*) FROM handler_runs WHERE status IN ('pending', 'running', 'failed') "
+            f"AND handler NOT IN ({names}) GROUP BY handler ORDER BY handler"
+        )
+        return await self._read(lambda conn: dict(conn.execute(sql, tuple(handlers)).fetchall()))
+
+    async def next_due(self, handlers: Sequence[str]) -> str | None:
+        """When the earliest waiting run of these handlers is due (or a lease expires), or None."""
+        names = ", ".join("?" * len(handlers))
+        sql = (
+            f"SELECT min(CASE WHEN status = 'running' THEN lease_until ELSE next_attempt_at END) FROM handler_runs "
+            f"WHERE handler IN ({names}) AND status IN ('pending', 'failed', 'running')"
+        )
+        return await self._read(lambda conn: conn.execute(sql, tuple(handlers)).fetchone()[0])
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._with_reader, fn, args)
+
+    def _with_reader(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path, readonly=True)
+            self._reader_conns.append(conn)
+        return fn(conn, *args)
+
+    async def close(self) -> None:
+        await self._commits.close()
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+        self._writer.close()
+
+
+def select_events(conn: sqlite3.Connection, selection: EventFilter) -> list[StoredEvent]:
+    """Read events matching `selection`, in seq order (or newest first)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if selection.ids:
+        where.append(f"id IN ({', '.join('?' * len(selection.ids))})")
+        params.extend(selection.ids)
+    if selection.types:
+        clause, type_params = type_clause(selection.types)
+        where.append(clause)
+        params.extend(type_params)
+    if selection.status:
+        where.append(f"status IN ({', '.join('?' * len(selection.status))})")
+        params.extend(selection.status)
+    for column, op, value in (
+        ("received_at", ">=", selection.since),
+        ("received_at", "<", selection.until),
+        ("seq", ">", selection.after_seq),
+        ("seq", "<=", selection.max_seq),
+    ):
+        if value is not None:
+            where.append(f"{column} {op} ?")
+            params.append(value)
+    sql = f"SELECT {_EVENT_COLUMNS} FROM events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq DESC" if selection.newest_first else " ORDER BY seq"
+    if selection.limit is not None:
+        sql += " LIMIT ?"
+        params.append(selection.limit)
+    return [_event(row) for row in conn.execute(sql, params)]
+
+
+def type_clause(patterns: Sequence[str]) -> tuple[str, list[str]]:
+    """SQL matching `type` against patterns: exact, `prefix.*` (any depth below), `*`."""
+    if "*" in patterns:
+        return "1", []
+    parts: list[str] = []
+    params: list[str] = []
+    for pattern in patterns:
+        if pattern.endswith(".*"):
+            # substr, not LIKE: a type may hold `_` or `%`, which LIKE would treat as wildcards.
+            prefix = pattern[:-1]
+            parts.append("substr(type, 1, ?) = ?")
+            params.extend([str(len(prefix)), prefix])
+        else:
+            parts.append("type = ?")
+            params.append(pattern)
+    return "(" + " OR ".join(parts) + ")", params
+
+
+def _event(row: tuple[Any, ...]) -> StoredEvent:
+    seq, id, type, occurred_at, received_at, headers, body, status = row
+    return StoredEvent(seq, id, type, occurred_at, received_at, json.loads(headers), bytes(body), status)
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    return Run(*row)

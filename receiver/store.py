@@ -1,0 +1,156 @@
+"""What the receiver keeps, and the interface every store backend offers.
+
+SQLite (`SQLiteStore`) is the embedded default. The app, the dispatcher, the stream and the
+CLI use only the `Store` protocol below, so another backend (PostgreSQL, for several
+receivers behind one load balancer) can stand in without them changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from .event import EventStatus, RunStatus
+
+__all__ = [
+    "REDACTED",
+    "SENSITIVE_HEADERS",
+    "EventFilter",
+    "Incoming",
+    "IngestResult",
+    "Run",
+    "Store",
+    "StoredEvent",
+    "iso",
+    "redact",
+]
+
+SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+REDACTED = "[redacted]"
+
+
+def redact(headers: Mapping[str, str]) -> dict[str, str]:
+    """Lower-case header names and hide credentials: nothing stored or streamed carries them."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        name = name.lower()
+        out[name] = REDACTED if name in SENSITIVE_HEADERS else value
+    return out
+
+
+def iso(t: float) -> str:
+    """Unix seconds as the store writes times: ISO 8601 UTC, microseconds, `Z`; sorts as it compares."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A verified webhook about to be stored, with the names of the handlers it will run."""
+
+    id: str
+    type: str
+    occurred_at: str | None
+    received_at: float
+    headers: Mapping[str, str]
+    body: bytes
+    handlers: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    status: Literal["stored", "duplicate"]
+    seq: int | None = None
+    requeued: int = 0
+    """Dead runs a duplicate delivery put back in the queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A row of `events`."""
+
+    seq: int
+    id: str
+    type: str
+    occurred_at: str | None
+    received_at: str
+    headers: dict[str, str]
+    body: bytes
+    status: EventStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A row of `handler_runs`: one handler's work on one event."""
+
+    event_id: str
+    handler: str
+    status: RunStatus
+    attempts: int
+    last_error: str | None = None
+    next_attempt_at: str | None = None
+    lease_owner: str | None = None
+    lease_until: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events to read. Type patterns: `subscription.upgraded`, `subscription.*`, `*`."""
+
+    ids: Sequence[str] = ()
+    types: Sequence[str] = ()
+    status: Sequence[str] = ()
+    since: str | None = None
+    until: str | None = None
+    after_seq: int | None = None
+    max_seq: int | None = None
+    limit: int | None = None
+    newest_first: bool = False
+
+
+class Store(Protocol):
+    """The store interface. Every write is durable when its coroutine returns."""
+
+    path: str
+
+    async def ingest(self, incoming: Incoming) -> IngestResult: ...
+    def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None: ...
+    async def check_writable(self) -> bool: ...
+    async def close(self) -> None: ...
+
+    # Reading.
+    async def get_event(self, event_id: str) -> StoredEvent | None: ...
+    async def get_runs(self, event_id: str) -> list[Run]: ...
+    async def list_events(self, selection: EventFilter) -> list[StoredEvent]: ...
+    def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]: ...
+    async def seq_bounds(self) -> tuple[int, int]: ...
+
+    # Dispatching: runs are claimed with a lease, and only the lease holder records an outcome.
+    async def claim(
+        self, *, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None = None
+    ) -> list[Run]: ...
+    async def renew(self, *, owner: str, until: float) -> int: ...
+    async def finish(
+        self,
+        *,
+        owner: str,
+        event_id: str,
+        handler: str,
+        status: RunStatus,
+        error: str | None,
+        next_attempt_at: float | None,
+        finished_at: float,
+        duration_ms: float,
+    ) -> bool: ...
+    async def release(self, *, owner: str) -> int: ...
+    async def requeue(
+        self, *, ids: Sequence[str] = (), handler: str | None = None, status: Sequence[str] = ("failed", "dead")
+    ) -> int: ...
+    async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]: ...
+    async def next_due(self, handlers: Sequence[str]) -> str | None: ...
+
+    async def prune(self, *, before: float) -> dict[str, int]: ...

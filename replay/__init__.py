@@ -1,0 +1,1 @@
+"""Replay, trigger, watch and listen."""
