@@ -44,7 +44,7 @@ def _b64(text: str, *, what: str) -> bytes:
     # Secrets are often pasted without their '=' padding; the reference libraries accept that.
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError) as e:
+    except ValueError as e:  # binascii.Error, or non-ASCII text
         # The decoder's message never quotes its input, so chaining it cannot leak the secret.
         raise ConfigurationError(f"{what} is not valid base64; copy it again from the Montra dashboard") from e
 
@@ -72,7 +72,8 @@ def _parse_key(secret: object, *, what: str) -> _Key:
         except (ValueError, UnsupportedAlgorithm) as e:
             raise ConfigurationError(f"{what} is neither a raw 32-byte Ed25519 key nor a DER public key") from e
         if not isinstance(key, Ed25519PublicKey):
-            raise ConfigurationError(f"{what} is a {type(key).__name__.lstrip('_')}, but v1a needs an Ed25519 key")
+            kind = type(key).__name__.lstrip("_")
+            raise ConfigurationError(f"{what} is not an Ed25519 key but {kind}; v1a needs an Ed25519 key")
         return key
     if len(raw) not in (32, 64):
         raise ConfigurationError(f"{what} must be a 32-byte Ed25519 seed or 64 bytes of seed + public key")
@@ -95,8 +96,8 @@ class Verifier:
     __slots__ = ("_ed25519", "_hmac", "_tolerance")
 
     def __init__(self, secrets: Sequence[str] | str, *, tolerance: int = 300) -> None:
-        if isinstance(secrets, str):
-            secrets = [secrets]
+        # A generator would be consumed by a check for emptiness, so take a copy first.
+        secrets = [secrets] if isinstance(secrets, str) else list(secrets)
         if not secrets:
             raise ConfigurationError("no webhook secret configured; pass at least one whsec_/whpk_/whsk_ secret")
         if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
@@ -164,7 +165,7 @@ class Verifier:
             try:
                 # Exactly base64.b64decode(encoded, validate=True), without its Python-level wrapper.
                 given = binascii.a2b_base64(encoded, strict_mode=True)
-            except (binascii.Error, ValueError):  # ValueError: non-ASCII text
+            except ValueError:  # binascii.Error (bad base64) is a ValueError, as is non-ASCII text
                 continue
             if version == "v1":
                 hmacs.append(given)
@@ -180,13 +181,14 @@ class Verifier:
                 for given in hmacs:
                     if hmac.compare_digest(expected, given):
                         return
-        for public in self._ed25519 if ed25519 else ():
-            for given in ed25519:
-                try:
-                    public.verify(given, content)
-                except InvalidSignature:
-                    continue
-                return
+        if ed25519:
+            for public in self._ed25519:
+                for given in ed25519:
+                    try:
+                        public.verify(given, content)
+                    except InvalidSignature:
+                        continue
+                    return
         raise VerificationError("invalid_signature", "no webhook-signature matches a configured secret")
 
 
@@ -223,8 +225,8 @@ def sign(
     A `whsec_` secret (or bare base64) signs `v1`; a `whsk_` key signs `v1a`. `timestamp` defaults
     to now; a naive datetime is taken as UTC, as the reference library does.
 
-    >>> sign(b'{"type": "refund.created"}', secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", msg_id="msg_1")
-    {'webhook-id': 'msg_1', 'webhook-timestamp': '1764090000', 'webhook-signature': 'v1,...'}
+    >>> sign(b'{"type": "refund.created"}', secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    {'webhook-id': 'msg_2Yb...', 'webhook-timestamp': '1764090000', 'webhook-signature': 'v1,K5o...'}
     """
     key = _parse_key(secret, what="the signing secret")
     if isinstance(key, Ed25519PublicKey):
@@ -238,8 +240,10 @@ def sign(
     elif isinstance(timestamp, datetime):
         aware = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
         seconds = math.floor(aware.timestamp())
-    else:
+    elif math.isfinite(timestamp):
         seconds = math.floor(timestamp)
+    else:
+        raise ConfigurationError(f"timestamp must be a finite number of Unix seconds, not {timestamp!r}")
     if not 0 <= seconds < 10**_MAX_TIMESTAMP_DIGITS:
         raise ConfigurationError(f"timestamp must be Unix seconds between 0 and 10**12, not {seconds}")
     content = f"{msg_id}.{seconds}.".encode() + body

@@ -10,7 +10,7 @@ several are given, the first that holds a name wins::
         scenarios/big-refund.json    adds a scenario
 
     >>> catalogue = Catalogue([Path("my-fixtures")])
-    >>> [event] = catalogue.build("refund.created", set=[parse_assignment("data.amount=1200")])
+    >>> [event] = catalogue.build("refund.created", set=["data.amount=1200"], remove=["data.reason"])
     >>> events = catalogue.build("checkout-to-subscription", set={"customer:data.email": "ada@example.com"})
 
 A fixture is an event envelope without ``id`` and ``timestamp``; a build fills each one that
@@ -34,7 +34,9 @@ required). A step starts from TYPE's fixture, then, in this order:
 
 Paths are dotted, list indices are integers and a key holding a dot is quoted:
 ``data.line_items.0.amount``, ``data.metadata."plan.tier"``. The caller's paths apply to every
-step of a scenario, or to one step when prefixed with its name: ``customer:data.email=x``.
+step of a scenario, or to one step when prefixed with its name: ``customer:data.email=x``. An
+unprefixed removal skips the steps that lack the path, and is an error only if all of them do.
+A type built on its own keeps its ``data.id``; ``set={"data.id": "{{new:cus}}"}`` makes it fresh.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ _SCENARIO_KEYS = {"description", "steps"}
 _STEP_KEYS = {"as", "type", "set", "remove"}
 _LIST_HINT = "Run `montra-hooks fixtures list` to see every type and scenario."
 
-Assignments = Mapping[str, Any] | Iterable[tuple[str, Any]]
+# `set=` takes {path: value}, (path, value) pairs, or the "path=value" text of `trigger --set`.
+Assignments = Mapping[str, Any] | Iterable[tuple[str, Any] | str]
 
 
 class FixtureError(MontraHooksError):
@@ -164,7 +167,8 @@ def set_path(obj: Any, path: str, value: Any) -> None:
         else:
             parent[index] = value
     else:
-        raise FixtureError(f"Path {path!r}: cannot set a key inside a {type(parent).__name__}.")
+        where = ".".join(map(str, parents))
+        raise FixtureError(f"Path {path!r}: {where} is {type(parent).__name__}, not an object or a list.")
 
 
 def remove_path(obj: Any, path: str) -> Any:
@@ -418,10 +422,13 @@ class Catalogue:
     ) -> list[dict[str, Any]]:
         """Build the events of a type (one) or of a scenario (its steps, in order).
 
-        ``set`` maps paths to values (``parse_assignment`` turns ``path=value`` text into a pair);
-        ``remove`` lists paths. For a scenario, ``step:path`` targets one step.
+        ``set`` maps paths to values: a mapping, ``(path, value)`` pairs or ``"path=value"`` strings
+        (parsed by ``parse_assignment``); ``remove`` lists paths. For a scenario, a path prefixed
+        with a step name (``customer:data.email``) targets that step and no other.
         """
         assignments = [(*_split_target(path), value) for path, value in _pairs(set)]
+        if isinstance(remove, str):
+            raise TypeError(f"remove= takes a list of paths, not one string: remove=[{remove!r}]")
         removals = [_split_target(path) for path in remove]
         scenario: str | None = None
         if name in self._index("type"):
@@ -450,7 +457,7 @@ class Catalogue:
                 chosen = [(key, value) for target, key, value in assignments if target in (None, step.name)]
                 for key, value in [*step.assignments.items(), *chosen]:
                     set_path(event, key, _resolve(value, built))
-                for key in [*step.removals, *(k for t, k in removals if t == step.name)]:
+                for key in [*step.removals, *(k for t, k in removals if t is not None and t == step.name)]:
                     remove_path(event, key)
                 for key in (k for t, k in removals if t is None):
                     # An unprefixed removal applies to the steps that have the path; it must match one.
@@ -477,7 +484,11 @@ class Catalogue:
 
 
 def _pairs(assignments: Assignments) -> list[tuple[str, Any]]:
-    return list(assignments.items()) if isinstance(assignments, Mapping) else list(assignments)
+    if isinstance(assignments, Mapping):
+        return list(assignments.items())
+    if isinstance(assignments, str):
+        raise TypeError(f"set= takes a list of assignments, not one string: set=[{assignments!r}]")
+    return [parse_assignment(item) if isinstance(item, str) else item for item in assignments]
 
 
 def _has_path(obj: Any, path: str) -> bool:

@@ -83,7 +83,7 @@ def _vector_headers(case: dict[str, Any]) -> dict[str, str]:
 @pytest.mark.parametrize("case", _vectors("valid"))
 def test_valid_vectors_verify(case: dict[str, Any]) -> None:
     verifier = Verifier([case["secret"]])
-    assert verifier.verify(case["body"].encode(), _vector_headers(case), now=case["timestamp"]) is None
+    verifier.verify(case["body"].encode(), _vector_headers(case), now=case["timestamp"])
     # The vectors are years old: on the real clock the same request is stale.
     with pytest.raises(VerificationError) as e:
         verifier.verify(case["body"].encode(), _vector_headers(case))
@@ -144,8 +144,8 @@ def test_sign_refuses_ids_the_receiver_would_refuse(msg_id: str) -> None:
         sign(BODY, secret=SECRET, msg_id=msg_id, timestamp=TS)
 
 
-@pytest.mark.parametrize("timestamp", [-1, 10**12])
-def test_sign_refuses_timestamps_outside_twelve_digits(timestamp: int) -> None:
+@pytest.mark.parametrize("timestamp", [-1, 10**12, float("nan"), float("inf")])
+def test_sign_refuses_timestamps_outside_twelve_digits(timestamp: float) -> None:
     with pytest.raises(ConfigurationError, match="timestamp"):
         sign(BODY, secret=SECRET, timestamp=timestamp)
 
@@ -161,10 +161,10 @@ KEY32 = bytes(range(32))  # b64 of 32 bytes ends in one '=', so there is padding
     ids=["prefixed", "bare", "prefixed-unpadded", "bare-unpadded", "no-padding-needed"],
 )
 def test_hmac_secret_forms_round_trip(secret: str) -> None:
-    assert Verifier([secret]).verify(BODY, signed(secret), now=TS) is None
+    Verifier([secret]).verify(BODY, signed(secret), now=TS)
     # Every form of one key is the same key.
     if secret != SECRET:
-        assert Verifier(["whsec_" + b64(KEY32)]).verify(BODY, signed(secret), now=TS) is None
+        Verifier(["whsec_" + b64(KEY32)]).verify(BODY, signed(secret), now=TS)
 
 
 @pytest.mark.parametrize("signer", ["whsk32", "whsk64"])
@@ -172,7 +172,7 @@ def test_hmac_secret_forms_round_trip(secret: str) -> None:
 def test_ed25519_round_trip(ed25519: dict[str, str], signer: str, checker: str) -> None:
     headers = signed(ed25519[signer])
     assert headers["webhook-signature"].startswith("v1a,")
-    assert Verifier([ed25519[checker]]).verify(BODY, headers, now=TS) is None
+    Verifier([ed25519[checker]]).verify(BODY, headers, now=TS)
 
 
 def test_generated_keys_round_trip() -> None:
@@ -181,8 +181,8 @@ def test_generated_keys_round_trip() -> None:
     assert len(base64.b64decode(secret[6:], validate=True)) == 24
     signing_key, public_key = generate_signing_key()
     assert (signing_key[:5], public_key[:5]) == ("whsk_", "whpk_")
-    assert Verifier(secret).verify(BODY, sign(BODY, secret=secret)) is None
-    assert Verifier(public_key).verify(BODY, sign(BODY, secret=signing_key)) is None
+    Verifier(secret).verify(BODY, sign(BODY, secret=secret))
+    Verifier(public_key).verify(BODY, sign(BODY, secret=signing_key))
     assert generate_secret() != secret
 
 
@@ -239,10 +239,17 @@ def test_unusable_secrets_are_configuration_errors_that_do_not_leak(secret: str,
         sign(BODY, secret=secret)
 
 
-@pytest.mark.parametrize("secrets", [[], ()], ids=["list", "tuple"])
+@pytest.mark.parametrize("secrets", [[], (), iter([])], ids=["list", "tuple", "empty-iterator"])
 def test_no_secret_is_a_configuration_error(secrets: list[str]) -> None:
     with pytest.raises(ConfigurationError, match="no webhook secret configured"):
         Verifier(secrets)
+
+
+def test_secrets_from_an_iterator_are_all_used() -> None:
+    other = generate_secret()
+    verifier = Verifier(s for s in (other, SECRET))  # type: ignore[arg-type]
+    assert reason(verifier, BODY, signed()) is None
+    assert reason(verifier, BODY, signed(other)) is None
 
 
 @pytest.mark.parametrize("tolerance", [-1, 1.5, True])
@@ -273,7 +280,11 @@ def test_repr_never_shows_key_material(ed25519: dict[str, str]) -> None:
     [
         {},
         {"webhook-id": "svix-id", "webhook-timestamp": "svix-timestamp", "webhook-signature": "svix-signature"},
-        {"webhook-id": "Webhook-Id", "webhook-timestamp": "WEBHOOK-TIMESTAMP", "webhook-signature": "Webhook-Signature"},
+        {
+            "webhook-id": "Webhook-Id",
+            "webhook-timestamp": "WEBHOOK-TIMESTAMP",
+            "webhook-signature": "Webhook-Signature",
+        },
         {"webhook-id": "Svix-Id", "webhook-timestamp": "SVIX-TIMESTAMP", "webhook-signature": "svix-signature"},
         {"webhook-signature": "svix-signature"},
         {"webhook-id": "WebHook-ID"},
@@ -386,7 +397,7 @@ def test_tolerance_both_directions(tolerance: int, offset: float, expected: str 
 
 def test_tolerance_uses_the_real_clock_by_default() -> None:
     now = int(time.time())
-    assert Verifier(SECRET).verify(BODY, signed(ts=now)) is None
+    Verifier(SECRET).verify(BODY, signed(ts=now))
     with pytest.raises(VerificationError, match=r"360[01] s old, beyond the 300 s tolerance") as e:
         Verifier(SECRET).verify(BODY, signed(ts=now - 3600))
     assert e.value.code == "timestamp_out_of_tolerance"
