@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/montra-hooks serve --app examples.handlers:hooks
+	$(BIN)/montra-hooks serve --app examples.handlers:hooks --inspect
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

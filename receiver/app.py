@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from .dispatch import Dispatcher, DispatchSettings
@@ -26,6 +26,7 @@ from .errors import ConfigurationError, StoreUnavailable, VerificationError
 from .hooks import Hooks
 from .sqlite_store import DEFAULT_DB, SQLiteStore
 from .store import Incoming, Store
+from .stream import DEFAULT_KEEPALIVE, EventStream
 from .verify import Verifier
 
 __all__ = ["DEFAULT_MAX_BODY", "MontraApp", "create_app", "secrets_from_env"]
@@ -33,6 +34,8 @@ __all__ = ["DEFAULT_MAX_BODY", "MontraApp", "create_app", "secrets_from_env"]
 log = logging.getLogger("montra.receiver")
 
 DEFAULT_MAX_BODY = 1024 * 1024
+MAX_HEADER_BYTES = 32 * 1024
+"""Request headers larger than this are refused (431): h11 bounds only headers that arrive in pieces."""
 
 _STATUS_OF_REASON = {
     "missing_headers": 400,
@@ -60,6 +63,11 @@ def create_app(
     max_attempts: int = 7,
     backoff: float = 1.0,
     concurrency: int = 16,
+    lease: float = 30.0,
+    inspect: bool = False,
+    inspect_token: str | None = None,
+    stream_token: str | None = None,
+    stream_keepalive: float = DEFAULT_KEEPALIVE,
 ) -> MontraApp:
     """Build the receiver app, standalone or to mount in a Starlette or FastAPI app.
 
@@ -67,6 +75,8 @@ def create_app(
 
     `secrets` default to env `MONTRA_HOOKS_SECRETS`; `db` to env `MONTRA_HOOKS_DB`, then
     `montra-events.db`. Mounted, pass `app.lifespan` to the parent (`FastAPI(lifespan=app.lifespan)`).
+    `stream_token` (default env `MONTRA_HOOKS_STREAM_TOKEN`) turns on `GET /stream`, the tunnel's source.
+    `inspect=True` (or an `inspect_token`, default env `MONTRA_HOOKS_INSPECT_TOKEN`) turns on the `/inspect` pages.
     """
     if secrets is None:
         secrets = secrets_from_env()
@@ -78,7 +88,11 @@ def create_app(
         raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}.")
     if db is None:
         db = os.environ.get("MONTRA_HOOKS_DB") or DEFAULT_DB
-    settings = DispatchSettings(max_attempts=max_attempts, backoff=backoff, concurrency=concurrency)
+    if inspect_token is None:
+        inspect_token = os.environ.get("MONTRA_HOOKS_INSPECT_TOKEN") or None
+    if stream_token is None:
+        stream_token = os.environ.get("MONTRA_HOOKS_STREAM_TOKEN") or None
+    settings = DispatchSettings(max_attempts=max_attempts, backoff=backoff, concurrency=concurrency, lease=lease)
     return MontraApp(
         hooks or Hooks(),
         db=db,
@@ -86,7 +100,11 @@ def create_app(
         path=path,
         max_body=max_body,
         inline=dispatch == "inline",
+        inspect=inspect or bool(inspect_token),
+        inspect_token=inspect_token or None,
         settings=settings,
+        stream_token=stream_token,
+        stream_keepalive=stream_keepalive,
     )
 
 
@@ -103,6 +121,10 @@ class MontraApp:
         max_body: int,
         inline: bool,
         settings: DispatchSettings,
+        inspect: bool = False,
+        inspect_token: str | None = None,
+        stream_token: str | None = None,
+        stream_keepalive: float = DEFAULT_KEEPALIVE,
     ) -> None:
         self.hooks = hooks
         self.verifier = verifier
@@ -113,11 +135,13 @@ class MontraApp:
         self._db = db
         self._store: Store | None = None
         self._dispatcher: Dispatcher | None = None
-        self._started_by_lifespan = False
+        self.stream = EventStream(lambda: self.store, token=stream_token, keepalive=stream_keepalive)
         self.router = Starlette(
             routes=[
                 Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/stream", self.stream.endpoint, methods=["GET"]),
                 Route(path, self._method_not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"]),
+                *self._inspector_routes(inspect, inspect_token),
             ],
             exception_handlers={HTTPException: _http_error},
             lifespan=self.lifespan,
@@ -133,25 +157,26 @@ class MontraApp:
     async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
         """Open the store and run the dispatcher (crash recovery included) for the app's lifetime."""
         await self._start()
-        self._started_by_lifespan = True
         try:
             yield
         finally:
             await self._stop()
-            self._started_by_lifespan = False
 
     async def _start(self) -> None:
         if self._store is not None:
             return
         store = self._db if not isinstance(self._db, str | os.PathLike) else SQLiteStore(self._db)
-        dispatcher = Dispatcher(self.hooks, store, self.settings)
+        # Set before the first await, so concurrent first requests share this store.
+        self._store = store
+        self._dispatcher = Dispatcher(self.hooks, store, self.settings)
+        self.stream.open()
         if not self.inline:
-            await dispatcher.start()
-        self._store, self._dispatcher = store, dispatcher
+            await self._dispatcher.start()
 
     async def _stop(self) -> None:
         if self._store is None:
             return
+        self.stream.close()  # before the store closes under the open streams
         assert self._dispatcher is not None
         await self._dispatcher.stop()
         if isinstance(self._db, str | os.PathLike):
@@ -175,11 +200,17 @@ class MontraApp:
 
     async def _receive_webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[str, str] = {}
+        size = 0
         for raw_name, raw_value in scope["headers"]:
+            size += len(raw_name) + len(raw_value)
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         try:
-            status, payload = await self._handle(scope, receive, headers)
+            if size > MAX_HEADER_BYTES:
+                message_text = f"The request headers are larger than {MAX_HEADER_BYTES} bytes."
+                status, payload = 431, {"error": "headers_too_large", "message": message_text}
+            else:
+                status, payload = await self._handle(scope, receive, headers)
         except Exception:  # a bug must cost one request a 500, never the server
             log.exception("unexpected error receiving a webhook")
             status, payload = 500, {"error": "internal_error", "message": "The receiver failed unexpectedly."}
@@ -190,7 +221,8 @@ class MontraApp:
     async def _handle(self, scope: Scope, receive: Receive, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         body = b""
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+        # isascii: str.isdigit() also accepts "²", which int() refuses.
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self.max_body:
             return self._reject(scope, headers, b"", 413, "body_too_large", self._too_large)
         chunks: list[bytes] = []
         size = 0
@@ -217,7 +249,7 @@ class MontraApp:
             return self._reject(scope, headers, body, _STATUS_OF_REASON[e.code], e.code, e.message)
         try:
             envelope = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: JSON nested too deep
             return self._reject(scope, headers, body, 400, "invalid_json", "The body is not UTF-8 JSON.")
         if not isinstance(envelope, dict) or not isinstance(envelope.get("type"), str) or not envelope["type"]:
             message_text = 'The body is not a Montra event: it needs a string "type".'
@@ -241,6 +273,8 @@ class MontraApp:
             result = await store.ingest(incoming)
         except StoreUnavailable as e:
             return 503, {"error": "store_unavailable", "message": f"{e} Nothing was stored: send it again later."}
+        if result.status == "stored":
+            self.stream.notify()
         if incoming.handlers and (result.status == "stored" or result.requeued or self.inline):
             if self.inline:
                 failures = await dispatcher.run_inline(event_id)
@@ -264,7 +298,24 @@ class MontraApp:
             self.store.reject(reason=code, remote=client[0] if client else None, headers=headers, body=body)
         return status, {"error": code, "message": message}
 
+    async def rerun(self, event_id: str, *, handler: str | None = None) -> int:
+        """Re-queue an event's failed and dead runs (one handler's, or all) and run them now; return how many."""
+        count = await self.store.requeue(ids=[event_id], handler=handler)
+        if count and self._dispatcher is not None:
+            if self.inline:
+                await self._dispatcher.run_inline(event_id)
+            else:
+                self._dispatcher.wake()
+        return count
+
     # -- other routes ----------------------------------------------------------------------
+
+    def _inspector_routes(self, inspect: bool, token: str | None) -> list[BaseRoute]:
+        if not inspect:
+            return []
+        from .inspector import Inspector  # imported only when on: it brings Jinja2
+
+        return Inspector(self, token=token).routes()
 
     async def _healthz(self, request: Request) -> Response:
         if await self.store.check_writable():

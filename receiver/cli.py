@@ -21,10 +21,19 @@ import click
 from .dev_secret import DEV_SECRET_FILE, load_or_create_dev_secret
 from .errors import ConfigurationError
 from .hooks import Hooks, validate_pattern
-from .sqlite_store import DEFAULT_DB, SQLiteStore
+from .sqlite_store import DEFAULT_DB, SQLiteStore, connect
 from .store import EventFilter, StoredEvent
 
-__all__ = ["cli", "db_option", "import_hooks", "is_loopback", "parse_duration", "parse_when"]
+__all__ = [
+    "cli",
+    "db_option",
+    "event_json",
+    "import_hooks",
+    "is_loopback",
+    "open_existing_store",
+    "parse_duration",
+    "parse_when",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,6 +129,21 @@ def open_existing_store(db: str) -> SQLiteStore:
 @click.option("--max-body", default=1024 * 1024, show_default=True, type=click.IntRange(min=1), metavar="BYTES")
 @click.option("--max-attempts", default=7, show_default=True, type=click.IntRange(min=1), metavar="N")
 @click.option("--backoff", default=1.0, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS")
+# Hidden: how long a claimed run stays leased without renewal; tests shorten it to see crash takeover quickly.
+@click.option("--lease", default=30.0, type=click.FloatRange(min=0.3), hidden=True, metavar="SECONDS")
+@click.option(
+    "--stream-token",
+    envvar="MONTRA_HOOKS_STREAM_TOKEN",
+    metavar="T",
+    help="Turn on GET /stream for `montra-hooks listen`, behind this bearer token (env MONTRA_HOOKS_STREAM_TOKEN).",
+)
+@click.option("--inspect", is_flag=True, help="Turn on the /inspect pages (this machine only, unless a token is set).")
+@click.option(
+    "--inspect-token",
+    envvar="MONTRA_HOOKS_INSPECT_TOKEN",
+    metavar="T",
+    help="Turn on /inspect for whoever logs in with this token (env MONTRA_HOOKS_INSPECT_TOKEN).",
+)
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
 def serve(
     app_spec: str | None,
@@ -132,6 +156,10 @@ def serve(
     max_body: int,
     max_attempts: int,
     backoff: float,
+    lease: float,
+    stream_token: str | None,
+    inspect: bool,
+    inspect_token: str | None,
     access_log: bool,
 ) -> None:
     """Run the receiver.
@@ -147,6 +175,12 @@ def serve(
 
     from .app import create_app, secrets_from_env
 
+    inspect_token = inspect_token or None
+    if inspect and not inspect_token and not is_loopback(host):
+        raise click.UsageError(
+            f"--inspect without a token on --host {host}, which is not loopback: pass --inspect-token T "
+            "(or set MONTRA_HOOKS_INSPECT_TOKEN), or serve on 127.0.0.1."
+        )
     chosen = list(secrets) or secrets_from_env()
     secret_note = f"{len(chosen)} configured"
     if not chosen:
@@ -159,7 +193,7 @@ def serve(
         secret_note = f"dev secret in {DEV_SECRET_FILE}" + (" (created)" if created else "")
     hooks = import_hooks(app_spec) if app_spec else Hooks()
     try:
-        SQLiteStore(db)  # open and migrate now, so a bad --db is one line here, not a traceback later
+        connect(db).close()  # open and migrate now, so a bad --db is one line here, not a traceback later
         app = create_app(
             hooks,
             db=db,
@@ -169,6 +203,10 @@ def serve(
             max_body=max_body,
             max_attempts=max_attempts,
             backoff=backoff,
+            inspect=inspect,
+            inspect_token=inspect_token,
+            lease=lease,
+            stream_token=stream_token or None,
         )
     except ConfigurationError as e:
         raise click.UsageError(str(e)) from e
@@ -177,9 +215,23 @@ def serve(
     click.echo(f"  store:    {db}")
     click.echo(f"  secret:   {secret_note}")
     click.echo(f"  handlers: {', '.join(hooks.names) or 'none (events are stored, not dispatched)'}")
+    click.echo("  stream:   " + ("GET /stream, token required" if stream_token else "off (--stream-token turns it on)"))
+    if inspect or inspect_token:
+        who = "log in with the --inspect-token" if inspect_token else "this machine only"
+        click.echo(f"  inspect:  http://{shown_host}:{port}/inspect ({who})")
     click.echo("  delivery to handlers is at least once: make them idempotent on event.id")
     click.echo(f"Next: montra-hooks trigger customer.created --to http://{shown_host}:{port}{path}")
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info", lifespan="on")
+    # Open streams end by themselves on SIGTERM, but a client that stopped reading holds its socket's
+    # unsent bytes, and uvicorn would wait for them forever: the graceful shutdown gets 10 s.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_level="info",
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
 
 
 @cli.group()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -17,14 +18,16 @@ import secrets
 import socket
 import time
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from .errors import NoRetry
 from .event import Event, RunStatus
-from .hooks import Hooks, Registration
-from .store import Run, Store
+from .hooks import Hooks, Registration, is_async_callable
+from .pacing import AcknowledgementsFirst
+from .store import EventFilter, Run, Store
 
 __all__ = ["BACKOFF_SCHEDULE", "DispatchSettings", "Dispatcher", "retry_delay"]
 
@@ -38,19 +41,28 @@ _MAX_ERROR_CHARS = 16_000
 
 def retry_delay(attempts: int, backoff: float) -> float:
     """Seconds to wait after `attempts` failed tries: `backoff x BACKOFF_SCHEDULE`, ±20% jitter."""
-    step = BACKOFF_SCHEDULE[min(attempts, len(BACKOFF_SCHEDULE)) - 1]
+    step = BACKOFF_SCHEDULE[min(max(attempts, 1), len(BACKOFF_SCHEDULE)) - 1]
     return backoff * step * random.uniform(0.8, 1.2)
 
 
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
+    """How the dispatcher runs handlers. `create_app` and `serve` set the retry policy and concurrency."""
+
     max_attempts: int = 7
+    """Tries per run, the first included, unless the handler sets its own."""
     backoff: float = 1.0
+    """Seconds multiplied by BACKOFF_SCHEDULE between tries."""
     concurrency: int = 16
+    """Runs in progress at once in this process."""
     threads: int = 8
+    """Threads for sync handlers (and sync `on_dead` callbacks)."""
     lease: float = 30.0
+    """Seconds a claim holds a run without renewal; renewed every third of it while the handler runs."""
     poll: float = 1.0
+    """Seconds between looks at the store when nothing wakes the dispatcher (other processes' events)."""
     grace: float = 10.0
+    """Seconds a shutdown lets running handlers finish before it interrupts them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +81,13 @@ class Dispatcher:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._threads = ThreadPoolExecutor(max_workers=self.settings.threads, thread_name_prefix="montra-handler")
         self._running: set[asyncio.Task[None]] = set()
-        self._busy_threads: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._slots = 0  # of `concurrency`: runs whose handler has not returned yet
+        self._in_flight: set[tuple[str, str]] = set()  # (event_id, handler) of the runs this process executes
+        self._held = 0  # runs this process holds a lease on (background and inline)
         self._wakeup = asyncio.Event()
-        self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._claimer: asyncio.Task[None] | None = None
+        self._pacing = AcknowledgementsFirst()
+        self._renewer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Report runs nobody can take, then resume every due run (crash recovery) and keep going."""
@@ -82,134 +97,219 @@ class Dispatcher:
             log.warning("%d unfinished run(s) of handler %r, which is not registered: left as they are", count, handler)
         if not names:
             return
-        self._tasks = [
-            asyncio.create_task(self._claim_loop(), name="montra-dispatch"),
-            asyncio.create_task(self._renew_loop(), name="montra-lease-renewal"),
-        ]
+        self._claimer = asyncio.create_task(self._claim_loop(), name="montra-dispatch")
+        self._ensure_renewing()
 
     def wake(self) -> None:
         """Look for due runs now (a new event was stored)."""
+        self._pacing.arrived()
         self._wakeup.set()
 
     async def stop(self) -> None:
         """Stop claiming; give running handlers `grace` seconds; put the rest back as pending."""
-        self._stopping = True
-        self._wakeup.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks[:1])
-        if self._running:
-            _, unfinished = await asyncio.wait(self._running, timeout=self.settings.grace)
-            for task in unfinished:
-                task.cancel()
-            await asyncio.gather(*unfinished, return_exceptions=True)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        released = await self.store.release(owner=self.owner)
-        if released:
-            log.warning("shutdown: %d run(s) interrupted and left pending for the next start", released)
+        if self._claimer is not None:
+            # Cancelled, not awaited: it may be waiting for a slot, and the grace period starts now.
+            # A claim it had in flight still commits; `release` below hands those runs back.
+            self._claimer.cancel()
+            await asyncio.gather(self._claimer, return_exceptions=True)
+        running = set(self._running)
+        if running:
+            _, unfinished = await asyncio.wait(running, timeout=self.settings.grace)
+            if unfinished:
+                log.warning(
+                    "shutdown: interrupting %d handler run(s) still running after %g s "
+                    "(sync handlers' threads cannot be interrupted: waiting for them to return)",
+                    len(unfinished),
+                    self.settings.grace,
+                )
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.gather(*unfinished, return_exceptions=True)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+        try:
+            released = await self.store.release(owner=self.owner)
+        except Exception as e:  # the leases expire instead: another start takes the runs over then
+            log.error("shutdown: could not hand back this process's runs (%s); they resume when their lease ends", e)
+        else:
+            if released:
+                log.warning("shutdown: %d run(s) interrupted and left pending for the next start", released)
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def run_inline(self, event_id: str) -> list[tuple[str, str]]:
-        """Run every unfinished run of one event once, now; return (handler, error) for each that failed."""
+        """Run every unfinished run of one event once, now; return (handler, error) for each not succeeded.
+
+        A run that another delivery of the same event is still running has not succeeded either:
+        the sender is told to try again rather than to stop.
+        """
+        self._ensure_renewing()
+        names = self.hooks.names
         runs = await self.store.claim(
             owner=self.owner,
-            handlers=self.hooks.names,
+            handlers=names,
             now=time.time(),
             lease=self.settings.lease,
-            limit=len(self.hooks.names),
+            limit=len(names),
             event_id=event_id,
         )
-        outcomes = await asyncio.gather(*(self._execute(run) for run in runs))
-        return [
-            (run.handler, o.error or o.status) for run, o in zip(runs, outcomes, strict=True) if o.status != "succeeded"
+        events = await self._load_events(runs)
+        outcomes = await asyncio.gather(*(self._execute(run, events.get(run.event_id)) for run in runs))
+        failures = [
+            (r.handler, o.error or o.status) for r, o in zip(runs, outcomes, strict=True) if o.status != "succeeded"
         ]
+        claimed = {run.handler for run in runs}
+        for run in await self.store.get_runs(event_id):
+            if run.status == "running" and run.handler not in claimed and run.handler in names:
+                failures.append((run.handler, "Still running for an earlier delivery of this event."))
+        return failures
+
+    def _ensure_renewing(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_loop(), name="montra-lease-renewal")
 
     async def _claim_loop(self) -> None:
-        while not self._stopping:
+        backlog = False  # the last claim filled every free slot: more runs are waiting
+        while True:
             self._wakeup.clear()
-            free = self.settings.concurrency - len(self._running)
-            runs: list[Run] = []
-            if free > 0:
-                try:
-                    runs = await self.store.claim(
-                        owner=self.owner,
-                        handlers=self.hooks.names,
-                        now=time.time(),
-                        lease=self.settings.lease,
-                        limit=free,
-                    )
-                except Exception as e:  # the store may be briefly unwritable: keep polling, never die
-                    log.error("could not claim handler runs: %s", e)
-            for run in runs:
-                task = asyncio.create_task(self._execute_and_forget(run), name=f"montra-run-{run.event_id}")
-                self._running.add(task)
-            if runs and len(runs) == free:
-                await asyncio.sleep(0)  # more may be due: claim again when a slot frees
-                if len(self._running) >= self.settings.concurrency:
-                    await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            free = self.settings.concurrency - self._slots
+            if free <= 0:
+                await self._wakeup.wait()  # a run that ends sets it
                 continue
-            if not runs:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.settings.poll)
+            if backlog and self._pacing.should_wait():  # webhooks arriving on a saturated core go first
+                await asyncio.sleep(self._pacing.pause)
+            runs: list[Run] = []
+            try:
+                runs = await self.store.claim(
+                    owner=self.owner, handlers=self.hooks.names, now=time.time(), lease=self.settings.lease, limit=free
+                )
+            except Exception as e:  # the store may be briefly unwritable: keep polling, never die
+                log.error("could not claim handler runs: %s", e)
+            starting = []
+            for run in runs:
+                if (run.event_id, run.handler) in self._in_flight:
+                    # Our own lease lapsed (the loop was blocked for most of a lease) and we claimed the run
+                    # again: it is still running here, and its outcome will be recorded as usual.
+                    log.warning(
+                        "%s on %s: lease lapsed while running here; not starting it twice", run.handler, run.event_id
+                    )
+                else:
+                    starting.append(run)
+            if starting:
+                self._slots += len(starting)
+                events = await self._load_events(starting)
+                for run in starting:
+                    task = asyncio.create_task(
+                        self._execute_and_forget(run, events.get(run.event_id)), name=f"montra-run-{run.event_id}"
+                    )
+                    self._running.add(task)
+            backlog = len(runs) == free
+            if len(runs) < free:  # nothing else is due: sleep until the next run is, or something wakes us
+                await self._sleep_until_due()
+
+    async def _sleep_until_due(self) -> None:
+        delay = self.settings.poll
+        try:
+            due = await self.store.next_due(self.hooks.names)
+        except Exception as e:  # reading failed: poll as usual
+            log.error("could not read when the next handler run is due: %s", e)
+            due = None
+        if due is not None:
+            # Retries due sooner than the poll (short backoffs) start on time, not on the next poll.
+            delay = min(delay, max(0.0, _epoch(due, default=time.time() + delay) - time.time()))
+        if delay > 0 and not self._wakeup.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), delay)
 
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease / 3)
-            if self._running:
+            if self._held:
                 try:
                     await self.store.renew(owner=self.owner, until=time.time() + self.settings.lease)
                 except Exception as e:  # a missed renewal is retried; the lease has two more periods left
                     log.error("could not renew leases: %s", e)
 
-    async def _execute_and_forget(self, run: Run) -> None:
-        try:
-            await self._execute(run)
-        finally:
-            self._running.discard(asyncio.current_task())
-            self._wakeup.set()
+    async def _load_events(self, runs: list[Run]) -> dict[str, Event | Exception]:
+        """The events of these runs, read in one go and each parsed once, whatever number of its runs start.
 
-    async def _execute(self, run: Run) -> Outcome:
+        Parsed afresh for every claim: a retry never sees what an earlier try did to `event.data`.
+        An event missing from the result is no longer stored; an exception says why it could not be had.
+        """
+        ids = list(dict.fromkeys(run.event_id for run in runs))
+        try:
+            stored = await self.store.list_events(EventFilter(ids=ids))
+        except Exception as e:  # the store could not be read: each run fails this try and is retried
+            return dict.fromkeys(ids, e)
+        events: dict[str, Event | Exception] = {}
+        for row in stored:
+            try:
+                events[row.id] = Event.from_body(row.id, row.body, row.headers)
+            except Exception as e:  # a body someone rewrote in the database: that event's runs fail, no others
+                events[row.id] = e
+        return events
+
+    async def _execute_and_forget(self, run: Run, event: Event | Exception | None) -> None:
+        freed = False
+
+        def free_slot() -> None:
+            # Called once the handler has returned, before its outcome is written: the next claim
+            # then shares a commit with these outcomes instead of waiting for one of its own.
+            nonlocal freed
+            if not freed:
+                freed = True
+                self._slots -= 1
+                self._wakeup.set()
+
+        try:
+            await self._execute(run, event, handler_done=free_slot)
+        except Exception:  # _execute handles the handler's errors; this is a bug of ours, kept from the loop
+            log.exception("dispatching %s on %s failed unexpectedly", run.handler, run.event_id)
+        finally:
+            free_slot()
+            self._running.discard(asyncio.current_task())
+
+    async def _execute(
+        self, run: Run, loaded: Event | Exception | None, *, handler_done: Callable[[], None] | None = None
+    ) -> Outcome:
         started = time.time()
-        registration = self.hooks.get(run.handler)
-        stored = await self.store.get_event(run.event_id)
-        if registration is None or stored is None:
-            missing = "handler is no longer registered" if registration is None else "event is no longer stored"
-            outcome = Outcome("dead", f"Not run: the {missing}.")
-            await self._record(run, outcome, started, None)
+        key = (run.event_id, run.handler)
+        self._held += 1
+        self._in_flight.add(key)
+        try:
+            registration = self.hooks.get(run.handler)
+            if registration is None:  # claims name registered handlers only; kept for a Store that does not
+                outcome = Outcome("dead", "Not run: the handler is no longer registered.")
+                await self._record(run, outcome, started, None)
+                return outcome
+            max_attempts = registration.max_attempts or self.settings.max_attempts
+            if isinstance(loaded, Exception):
+                outcome = self._failed(run, max_attempts, "Could not load the event.\n" + _describe(loaded))
+                await self._record(run, outcome, started, None)
+                return outcome
+            event = None if loaded is None else dataclasses.replace(loaded, attempt=run.attempts)
+            if event is None:
+                outcome = Outcome("dead", "Not run: the event is no longer stored.")
+            elif run.attempts > max_attempts:
+                # Its process died during the last allowed try (its lease expired): no try is left.
+                outcome = Outcome(
+                    "dead", f"Gave up: the process running try {run.attempts - 1} stopped before it ended."
+                )
+            else:
+                outcome = await self._try(registration, event, run, max_attempts)
+            if handler_done is not None:
+                handler_done()
+            await self._record(run, outcome, started, event)
             return outcome
-        event = Event.from_body(stored.id, stored.body, stored.headers, attempt=run.attempts)
-        max_attempts = registration.max_attempts or self.settings.max_attempts
-        if run.attempts > max_attempts:
-            # Its process died during the last allowed try (its lease expired): no try is left.
-            outcome = Outcome("dead", f"Gave up: the process running try {run.attempts - 1} stopped before it ended.")
-        else:
-            outcome = await self._try(registration, event, run, max_attempts)
-        await self._record(run, outcome, started, event)
-        return outcome
+        finally:
+            self._held -= 1
+            self._in_flight.discard(key)
 
     async def _try(self, registration: Registration, event: Event, run: Run, max_attempts: int) -> Outcome:
-        key = (run.event_id, run.handler)
-        previous = self._busy_threads.pop(key, None)
-        if previous is not None and not previous.done():
-            log.warning(
-                "%s on %s: waiting for the timed-out thread of the last try to return", run.handler, run.event_id
-            )
-            await asyncio.wait([previous])
-
-        def keep_thread(future: asyncio.Future[None]) -> None:
-            self._busy_threads[key] = future
-            future.add_done_callback(
-                lambda _: self._busy_threads.pop(key, None) if self._busy_threads.get(key) is future else None
-            )
-
         try:
-            await registration.call(event, executor=self._threads, on_thread=keep_thread)
+            await registration.call(event, executor=self._threads)
         except NoRetry as e:
             return Outcome("dead", _describe(e))
-        except TimeoutError as e:
-            message = f"TimeoutError: the try took longer than {registration.timeout:g} s.\n"
-            return self._failed(run, max_attempts, message + _describe(e))
         except Exception as e:  # the merchant's code: any error is this run's failure, recorded with its traceback
             return self._failed(run, max_attempts, _describe(e))
         return Outcome("succeeded")
@@ -222,32 +322,69 @@ class Dispatcher:
         next_attempt = None
         if outcome.status == "failed":
             next_attempt = finished + retry_delay(run.attempts, self.settings.backoff)
-        held = await self.store.finish(
-            owner=self.owner,
-            event_id=run.event_id,
-            handler=run.handler,
-            status=outcome.status,
-            error=outcome.error,
-            next_attempt_at=next_attempt,
-            finished_at=finished,
-            duration_ms=round((finished - started) * 1000, 3),
-        )
+        pause = 0.1
+        while True:
+            try:
+                held = await self.store.finish(
+                    owner=self.owner,
+                    event_id=run.event_id,
+                    handler=run.handler,
+                    status=outcome.status,
+                    error=outcome.error,
+                    next_attempt_at=next_attempt,
+                    finished_at=finished,
+                    duration_ms=round((finished - started) * 1000, 3),
+                )
+                break
+            except Exception as e:  # the store cannot write now: keep the lease and the outcome, and try again
+                log.error("could not record %s on %s (%s): trying again in %.1f s", run.handler, run.event_id, e, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.settings.lease / 3)
         if not held:
             log.warning(
                 "%s on %s: lease lost to another process; this outcome was not recorded", run.handler, run.event_id
             )
             return
-        if outcome.status == "dead" and event is not None:
-            await self._on_dead(event, run.handler, outcome.error or "")
+        if outcome.status == "failed":
+            log.warning(
+                "%s failed on %s (try %d): %s; next try in %.1f s",
+                run.handler,
+                run.event_id,
+                run.attempts,
+                _last_line(outcome.error),
+                (next_attempt or finished) - finished,
+            )
+        elif outcome.status == "dead":
+            last_line = _last_line(outcome.error)
+            log.error("%s gave up on %s after %d tries: %s", run.handler, run.event_id, run.attempts, last_line)
+            if event is not None:
+                await self._on_dead(event, run.handler, outcome.error or "")
 
     async def _on_dead(self, event: Event, handler: str, error: str) -> None:
+        loop = asyncio.get_running_loop()
         for callback in self.hooks.dead_callbacks:
             try:
-                result = callback(event, handler, error)
+                if is_async_callable(callback):
+                    result = callback(event, handler, error)
+                else:  # a sync callback (an email, an HTTP call) must not block the loop
+                    result = await loop.run_in_executor(self._threads, callback, event, handler, error)
                 if isinstance(result, Awaitable):
                     await result
             except Exception:  # one broken alert must not stop the others
                 log.exception("on_dead callback %r failed", callback)
+
+
+def _epoch(stamp: str, *, default: float) -> float:
+    """The store's ISO 8601 UTC text as Unix seconds; `default` for text written by someone else's UPDATE."""
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return default
+
+
+def _last_line(error: str | None) -> str:
+    lines = (error or "").rstrip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _describe(error: BaseException) -> str:

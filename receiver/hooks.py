@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 from .event import DeadCallback, Event, Handler
 
-__all__ = ["DEFAULT_TIMEOUT", "Hooks", "Registration", "matches", "validate_pattern"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "HandlerTimeout",
+    "Hooks",
+    "Registration",
+    "is_async_callable",
+    "matches",
+    "validate_pattern",
+]
+
+log = logging.getLogger("montra.dispatch")
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds a try may take before it counts as failed, unless `on(..., timeout=)` says otherwise."""
@@ -22,10 +36,20 @@ H = TypeVar("H", bound=Handler)
 D = TypeVar("D", bound=DeadCallback)
 
 
+class HandlerTimeout(TimeoutError):
+    """A try ran past its handler's `timeout`: it counts as a failed try."""
+
+
 def validate_pattern(pattern: str) -> str:
     """Return `pattern` if it is an event type, `prefix.*` or `*`; raise ConfigurationError otherwise."""
+    if not isinstance(pattern, str):
+        raise ConfigurationError(
+            f"Event patterns are strings, got {pattern!r}: write @hooks.on('subscription.upgraded'), "
+            "with the parentheses and at least one type."
+        )
     body = pattern[:-2] if pattern.endswith(".*") else pattern
-    if pattern != "*" and (not body or "*" in body or body.startswith(".") or body.endswith(".")):
+    # Empty segments ('a..b', '.a', 'a.') and inner wildcards can never match a Montra type: refuse them early.
+    if pattern != "*" and (not body or "*" in body or "" in body.split(".") or body != body.strip()):
         raise ConfigurationError(
             f"Bad event pattern {pattern!r}: use an exact type ('subscription.upgraded'), "
             "a prefix ('subscription.*') or '*'."
@@ -53,27 +77,63 @@ class Registration:
     max_attempts: int | None
     timeout: float
 
-    async def call(
-        self,
-        event: Event,
-        *,
-        executor: Executor | None = None,
-        on_thread: Callable[[asyncio.Future[None]], None] | None = None,
-    ) -> None:
-        """Run one try of this handler on `event`, within its timeout.
+    async def call(self, event: Event, *, executor: Executor | None = None) -> None:
+        """Run one try of this handler on `event`, within its timeout; raise HandlerTimeout past it.
 
-        A sync handler runs in `executor`. Its thread cannot be stopped, so a timeout leaves it
-        running: `on_thread` receives its future, so the caller can wait for it before a next try.
+        An async handler runs on this loop and is cancelled at its timeout. A sync handler runs in
+        `executor`; its thread cannot be stopped, so past the timeout (or on cancellation) this
+        waits for the thread to return before raising: a next try never overlaps this one.
         """
         if self.is_async:
-            await asyncio.wait_for(cast(Awaitable[None], self.fn(event)), self.timeout)
+            scope = asyncio.timeout(self.timeout)
+            try:
+                async with scope:
+                    await _settle(self.fn(event))
+            except TimeoutError as e:
+                if scope.expired():
+                    raise HandlerTimeout(f"{self.name} took longer than its timeout of {self.timeout:g} s.") from e
+                raise
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().run_in_executor(
-            executor, cast(Callable[[Event], None], self.fn), event
-        )
-        if on_thread is not None:
-            on_thread(future)
-        await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        if executor is None:
+            raise RuntimeError(f"{self.name} is a sync handler: call it with an executor to run its thread.")
+        await self._call_in_thread(event, executor)
+
+    async def _call_in_thread(self, event: Event, executor: Executor) -> None:
+        started = time.monotonic()
+        # Context variables (request ids, log context) reach the handler as asyncio.to_thread passes them.
+        work = executor.submit(contextvars.copy_context().run, self.fn, event)
+        done = asyncio.wrap_future(work)
+        scope = asyncio.timeout(self.timeout)
+        try:
+            async with scope:
+                result = await asyncio.shield(done)
+        except TimeoutError as e:
+            if not scope.expired():
+                raise  # the handler's own TimeoutError, not ours
+            log.warning("%s on %s: past its timeout; waiting for its thread to return", self.name, event.id)
+            await _outlive(done)
+            elapsed = time.monotonic() - started
+            raise HandlerTimeout(
+                f"{self.name} took longer than its timeout of {self.timeout:g} s "
+                f"(its thread returned after {elapsed:.1f} s)."
+            ) from e
+        except asyncio.CancelledError:
+            if not work.cancel():  # already running in a thread: leave only once it has returned
+                await _outlive(done)
+            raise
+        await _settle(result)
+
+
+async def _settle(result: object) -> None:
+    # A "sync" callable may still return an awaitable (a wrapped coroutine function): run it too.
+    if inspect.isawaitable(result):
+        await result
+
+
+async def _outlive(done: asyncio.Future[Any]) -> None:
+    """Wait for a handler thread to return, whatever it returns; a second cancellation stops the wait."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(done)
 
 
 class Hooks:
@@ -89,6 +149,7 @@ class Hooks:
         self._handlers: dict[str, Registration] = {}
         self._dead_callbacks: list[DeadCallback] = []
         self._by_type: dict[str, tuple[Registration, ...]] = {}
+        self._threads: ThreadPoolExecutor | None = None
 
     def on(
         self,
@@ -106,13 +167,15 @@ class Hooks:
             raise ConfigurationError("hooks.on() needs at least one event type or pattern, e.g. hooks.on('*').")
         for pattern in patterns:
             validate_pattern(pattern)
-        if max_attempts is not None and max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}.")
-        if timeout is not None and timeout <= 0:
-            raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout}.")
+        if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
+            raise ConfigurationError(f"max_attempts must be a whole number, at least 1, got {max_attempts!r}.")
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}.")
 
         def register(fn: H) -> H:
-            handler_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            if not callable(fn):
+                raise ConfigurationError(f"hooks.on(...) decorates a function, got {fn!r}.")
+            handler_name = name or f"{fn.__module__}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
             if handler_name in self._handlers:
                 raise ConfigurationError(
                     f"A handler named {handler_name!r} is already registered: pass name= to tell them apart."
@@ -121,7 +184,7 @@ class Hooks:
                 name=handler_name,
                 patterns=tuple(patterns),
                 fn=fn,
-                is_async=_is_async(fn),
+                is_async=is_async_callable(fn),
                 max_attempts=max_attempts,
                 timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
             )
@@ -131,19 +194,22 @@ class Hooks:
         return register
 
     def on_dead(self, fn: D) -> D:
-        """Register `fn(event, handler_name, error)`, called when a run becomes `dead`."""
+        """Register `fn(event, handler_name, error)`, called once when a run becomes `dead`."""
         self._dead_callbacks.append(fn)
         return fn
 
     @property
     def names(self) -> list[str]:
+        """The registered handlers' names, in registration order."""
         return list(self._handlers)
 
     @property
     def dead_callbacks(self) -> Sequence[DeadCallback]:
+        """The `on_dead` callbacks, in registration order."""
         return tuple(self._dead_callbacks)
 
     def get(self, name: str) -> Registration | None:
+        """The handler registered under `name`, if any."""
         return self._handlers.get(name)
 
     def handlers_for(self, event_type: str) -> tuple[Registration, ...]:
@@ -158,21 +224,35 @@ class Hooks:
     async def dispatch(self, event: Event) -> None:
         """Run every matching handler once, now, on this loop; raise their errors as an ExceptionGroup.
 
-        For tests and in-process replay: nothing is stored and nothing is retried.
+        For tests and in-process replay: nothing is stored and nothing is retried. Each error
+        carries a note naming its handler.
+
+        >>> await hooks.dispatch(Event.from_body("msg_1", b'{"type": "refund.created", "data": {}}'))
         """
         registrations = self.handlers_for(event.type)
-        results = await asyncio.gather(*(r.call(event) for r in registrations), return_exceptions=True)
+        if not registrations:
+            return
+        if self._threads is None and not all(r.is_async for r in registrations):
+            self._threads = ThreadPoolExecutor(thread_name_prefix="montra-hooks")
+        threads = self._threads
+        results = await asyncio.gather(
+            *(r.call(event, executor=threads) for r in registrations), return_exceptions=True
+        )
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # cancellation and interrupts are not handler failures
-        errors = [e for e in results if isinstance(e, Exception)]
-        if errors:
-            failed = zip(registrations, results, strict=True)
-            names = ", ".join(r.name for r, e in failed if isinstance(e, Exception))
-            raise ExceptionGroup(f"{len(errors)} handler(s) failed on {event.type} [{event.id}]: {names}", errors)
+        failed = [(r, e) for r, e in zip(registrations, results, strict=True) if isinstance(e, Exception)]
+        if failed:
+            for registration, error in failed:
+                error.add_note(f"in handler {registration.name}")
+            names = ", ".join(r.name for r, _ in failed)
+            raise ExceptionGroup(
+                f"{len(failed)} handler(s) failed on {event.type} [{event.id}]: {names}", [e for _, e in failed]
+            )
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for `async def` functions, partials of them and objects with an `async def __call__`."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004

@@ -47,7 +47,13 @@ _REQUEUE_DEAD = (
     "UPDATE handler_runs SET status = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL, "
     "lease_until = NULL WHERE event_id = ? AND status = 'dead'"
 )
-_DUE = "((status IN ('pending', 'failed') AND next_attempt_at <= ?) OR (status = 'running' AND lease_until < ?))"
+# Due runs in two index-friendly halves, not one OR over status: with the OR, SQLite reads every run
+# of the handlers (the succeeded history included) and sorts them, so each claim slowed as the store grew.
+_DUE = (
+    "SELECT run FROM (SELECT rowid AS run, next_attempt_at AS due FROM handler_runs WHERE handler IN ({names}) "
+    "AND status IN ('pending', 'failed') AND next_attempt_at <= ? UNION ALL SELECT rowid, next_attempt_at "
+    "FROM handler_runs WHERE handler IN ({names}) AND status = 'running' AND lease_until < ? ORDER BY due LIMIT ?)"
+)
 _UNFINISHED = "event_id = ? AND (status IN ('pending', 'failed', 'dead') OR (status = 'running' AND lease_until < ?))"
 
 
@@ -136,16 +142,20 @@ class SQLiteStore:
         names = ", ".join("?" * len(handlers))
         stamp = iso(now)
         if event_id is None:
-            condition, condition_params = _DUE, [stamp, stamp]
+            selection = _DUE.format(names=names)
+            selection_params = [*handlers, stamp, *handlers, stamp, limit]
         else:
-            condition, condition_params = _UNFINISHED, [event_id, stamp]
+            selection = (
+                f"SELECT rowid FROM handler_runs WHERE handler IN ({names}) AND {_UNFINISHED} "
+                "ORDER BY next_attempt_at LIMIT ?"
+            )
+            selection_params = [*handlers, event_id, stamp, limit]
         sql = (
             "UPDATE handler_runs SET status = 'running', lease_owner = ?, lease_until = ?, "
             "attempts = attempts + 1, started_at = ?, finished_at = NULL, duration_ms = NULL "
-            f"WHERE rowid IN (SELECT rowid FROM handler_runs WHERE handler IN ({names}) AND {condition} "
-            f"ORDER BY next_attempt_at LIMIT ?) RETURNING {_RUN_COLUMNS}"
+            f"WHERE rowid IN ({selection}) RETURNING {_RUN_COLUMNS}"
         )
-        params = (owner, iso(now + lease), stamp, *handlers, *condition_params, limit)
+        params = (owner, iso(now + lease), stamp, *selection_params)
         return await self._commits.run(lambda conn: [_run(row) for row in conn.execute(sql, params).fetchall()])
 
     async def renew(self, *, owner: str, until: float) -> int:

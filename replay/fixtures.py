@@ -53,22 +53,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from receiver.errors import MontraHooksError
+from .paths import FixtureError, get_path, parse_assignment, remove_path, set_path, split_path, split_target, walk
 
 __all__ = [
     "Catalogue",
     "FixtureError",
     "builtin_dir",
-    "get_path",
-    "parse_assignment",
-    "remove_path",
-    "set_path",
 ]
 
 _ALPHABET = string.ascii_letters + string.digits
 _REFERENCE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 _STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_STEP_PREFIX = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*):")
 _ID_PREFIX = re.compile(r"[A-Za-z0-9]+")
 _SCENARIO_KEYS = {"description", "steps"}
 _STEP_KEYS = {"as", "type", "set", "remove"}
@@ -76,10 +71,6 @@ _LIST_HINT = "Run `montra-hooks fixtures list` to see every type and scenario."
 
 # `set=` takes {path: value}, (path, value) pairs, or the "path=value" text of `trigger --set`.
 Assignments = Mapping[str, Any] | Iterable[tuple[str, Any] | str]
-
-
-class FixtureError(MontraHooksError):
-    """A fixture or scenario cannot be found, read or built; the message says which and why."""
 
 
 def builtin_dir() -> Path:
@@ -92,133 +83,6 @@ def builtin_dir() -> Path:
     raise FixtureError(
         f"The built-in fixtures are missing (looked in {candidates[0]} and {candidates[1]}); reinstall montra-webhooks."
     )
-
-
-# Paths ------------------------------------------------------------------------------------------
-
-
-def _split_path(path: str) -> list[str | int]:
-    """`data.metadata."plan.tier"` -> ["data", "metadata", "plan.tier"]; unquoted digits become ints."""
-    segments: list[str | int] = []
-    i = 0
-    while True:
-        if path.startswith('"', i):
-            try:
-                key, i = json.JSONDecoder().raw_decode(path, i)
-            except json.JSONDecodeError as e:
-                raise FixtureError(f"Path {path!r} has an unterminated quoted key at position {i}.") from e
-            segments.append(key)
-        else:
-            end = path.find(".", i)
-            end = len(path) if end == -1 else end
-            raw = path[i:end]
-            if not raw:
-                raise FixtureError(
-                    f'Path {path!r} has an empty key; quote a key that contains a dot: data.metadata."plan.tier".'
-                )
-            segments.append(int(raw) if raw.isascii() and raw.isdigit() else raw)
-            i = end
-        if i == len(path):
-            return segments
-        if path[i] != ".":
-            raise FixtureError(f"Path {path!r}: expected '.' after the quoted key at position {i}.")
-        i += 1
-
-
-def _walk(node: Any, segments: Sequence[str | int], path: str, *, create: bool) -> Any:
-    for depth, key in enumerate(segments):
-        if isinstance(node, dict):
-            name = str(key)
-            if name not in node:
-                if not create:
-                    keys = ", ".join(sorted(node)[:12]) or "none"
-                    raise FixtureError(f"Path {path!r} not found: no key {name!r} there (its keys: {keys}).")
-                node[name] = {}
-            node = node[name]
-        elif isinstance(node, list):
-            node = node[_index(node, key, path)]
-        else:
-            where = ".".join(map(str, segments[:depth]))
-            raise FixtureError(f"Path {path!r}: {where} is {type(node).__name__}, not an object or a list.")
-    return node
-
-
-def _index(items: list[Any], key: str | int, path: str, *, allow_end: bool = False) -> int:
-    if isinstance(key, int) and 0 <= key < len(items) + allow_end:
-        return key
-    raise FixtureError(f"Path {path!r}: {key!r} is not an index of a list of {len(items)} items.")
-
-
-def get_path(obj: Any, path: str) -> Any:
-    """The value at a dotted path: ``get_path(event, "data.line_items.0.amount")``."""
-    return _walk(obj, _split_path(path), path, create=False)
-
-
-def set_path(obj: Any, path: str, value: Any) -> None:
-    """Set the value at a dotted path, creating missing objects on the way; index len(list) appends."""
-    *parents, last = _split_path(path)
-    parent = _walk(obj, parents, path, create=True)
-    if isinstance(parent, dict):
-        parent[str(last)] = value
-    elif isinstance(parent, list):
-        index = _index(parent, last, path, allow_end=True)
-        if index == len(parent):
-            parent.append(value)
-        else:
-            parent[index] = value
-    else:
-        where = ".".join(map(str, parents))
-        raise FixtureError(f"Path {path!r}: {where} is {type(parent).__name__}, not an object or a list.")
-
-
-def remove_path(obj: Any, path: str) -> Any:
-    """Remove the value at a dotted path and return it; a missing path is a FixtureError."""
-    *parents, last = _split_path(path)
-    parent = _walk(obj, parents, path, create=False)
-    if isinstance(parent, list):
-        return parent.pop(_index(parent, last, path))
-    # _walk raises the "not found" error, with the keys that do exist, for a missing last key.
-    _walk(parent, [last], path, create=False)
-    return parent.pop(str(last))
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """Split ``path=value`` at the first ``=`` outside quotes; the value is JSON where it parses.
-
-    >>> parse_assignment("data.amount=1200")
-    ('data.amount', 1200)
-    >>> parse_assignment('data.metadata."plan.tier"=pro')
-    ('data.metadata."plan.tier"', 'pro')
-    """
-    quoted = escaped = False
-    for i, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif quoted and char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == "=" and not quoted:
-            path, raw = text[:i], text[i + 1 :]
-            _split_path(_split_target(path)[1])
-            try:
-                # NaN and Infinity are not JSON: keep them as the strings they were typed as.
-                return path, json.loads(raw, parse_constant=_reject_constant)
-            except ValueError:
-                return path, raw
-    raise FixtureError(
-        f'Expected PATH=VALUE, got {text!r}: for example data.amount=1200 or data.metadata."plan.tier"=pro.'
-    )
-
-
-def _split_target(path: str) -> tuple[str | None, str]:
-    """`customer:data.email` -> ("customer", "data.email"); a path with no step prefix -> (None, path)."""
-    match = _STEP_PREFIX.match(path)
-    return (match.group(1), path[match.end() :]) if match else (None, path)
 
 
 # References -------------------------------------------------------------------------------------
@@ -248,12 +112,12 @@ def _lookup(reference: str, steps: Mapping[str, dict[str, Any]]) -> Any:
         if not _ID_PREFIX.fullmatch(prefix):
             raise FixtureError(f"Reference {token}: an id prefix is letters and digits, such as {{{{new:txn}}}}.")
         return _fresh_id(prefix)
-    head, *rest = _split_path(reference)
+    head, *rest = split_path(reference)
     if head not in steps:
         earlier = f"earlier steps: {', '.join(steps)}" if steps else "there is no earlier step"
         raise FixtureError(f"Reference {token} names no earlier step {head!r} ({earlier}).")
     try:
-        return copy.deepcopy(_walk(steps[str(head)], rest, reference, create=False))
+        return copy.deepcopy(walk(steps[str(head)], rest, reference, create=False))
     except FixtureError as e:
         raise FixtureError(f"Reference {token}: {e}") from e
 
@@ -321,7 +185,7 @@ def _parse_scenario(doc: Any, path: Path) -> tuple[str, list[_Step]]:
             raise FixtureError(f'{where}: "set" must be an object of path: value, "remove" a list of paths.')
         for each in [*sets, *removals]:
             try:
-                _split_path(each)
+                split_path(each)
             except FixtureError as e:
                 raise FixtureError(f"{where}: {e}") from e
         if name is not None:
@@ -426,10 +290,10 @@ class Catalogue:
         (parsed by ``parse_assignment``); ``remove`` lists paths. For a scenario, a path prefixed
         with a step name (``customer:data.email``) targets that step and no other.
         """
-        assignments = [(*_split_target(path), value) for path, value in _pairs(set)]
+        assignments = [(*split_target(path), value) for path, value in _pairs(set)]
         if isinstance(remove, str):
             raise TypeError(f"remove= takes a list of paths, not one string: remove=[{remove!r}]")
-        removals = [_split_target(path) for path in remove]
+        removals = [split_target(path) for path in remove]
         scenario: str | None = None
         if name in self._index("type"):
             steps = [_Step(1, name)]

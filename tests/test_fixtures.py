@@ -9,15 +9,8 @@ from typing import Any
 import pytest
 
 from receiver.errors import MontraHooksError
-from replay.fixtures import (
-    Catalogue,
-    FixtureError,
-    builtin_dir,
-    get_path,
-    parse_assignment,
-    remove_path,
-    set_path,
-)
+from replay.fixtures import Catalogue, FixtureError, builtin_dir
+from replay.paths import get_path, parse_assignment, remove_path, set_path
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,318 @@
+"""How many webhooks a second `montra-hooks serve` takes in, durably, against two baselines.
+
+Three servers, each its own uvicorn process on a free loopback port (one worker, access log off,
+the loop and HTTP implementation uvicorn picks by itself, exactly as `serve` runs), started once
+and kept running through every round:
+
+- (a) bare: a Starlette route that only reads the body: the most a Python ASGI endpoint does here;
+- (b) naive: a plain Starlette receiver, same `Verifier`, same schema, but one COMMIT (one fsync)
+  per request (`bench/_baselines.py`);
+- (c) `montra-hooks serve --secret S --db <tmp>`, no handlers: the receiver as users run it.
+
+One load generator for all three: wrk (Debian's package, installed when missing) with
+`bench/ingest.lua`, every request a distinct event signed with `receiver.sign` just before its run
+(fresh timestamps, unique `webhook-id`s, enough of them for the whole run: a run that runs out is
+done again with more, so neither (b) nor (c) ever measures duplicates). Rounds alternate a, b, c, a, b, c... so
+machine noise falls on all three alike; the figures are medians over rounds. After each (b) and (c)
+run the rows in its database are counted against the 2xx answers: a receiver that acknowledged an
+event it did not store would fail the benchmark.
+
+Run `python bench/ingest.py [--rounds 5] [--seconds 5] [--connections 64] [--threads 1]
+[--naive inline|thread] [--load wrk|python]`; `main()` returns the figures for `bench/run.py`.
+Targets: (c)/(a) >= 0.5 and (c)/(b) >= 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from receiver import sign
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+TARGET_OVER_BARE = 0.5
+TARGET_OVER_NAIVE = 3.0
+CONTENDERS = {"a": "bare Starlette", "b": "naive receiver", "c": "montra-hooks serve"}
+
+_HERE = Path(__file__).resolve().parent
+_RESULT = re.compile(r"^RESULT (.*)$", re.MULTILINE)
+
+
+def ensure_wrk() -> str | None:
+    """The path of wrk, installing Debian's package when it is missing; None when it cannot be had."""
+    found = shutil.which("wrk")
+    if found or not shutil.which("apt-get"):
+        return found
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if sudo and not shutil.which("sudo"):
+        return None
+    print("wrk not found: installing Debian's package (apt-get install -y wrk)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "-q", "wrk"]
+    done = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        print("  that failed; updating the package lists first (apt-get update), then again", flush=True)
+        subprocess.run([*sudo, "apt-get", "update", "-q"], capture_output=True, env=env, check=False)
+        done = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            print(f"  apt-get could not install wrk:\n{done.stderr.strip()}", flush=True)
+    return shutil.which("wrk")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Server:
+    """One contender's uvicorn process, its log in the run's temporary folder."""
+
+    def __init__(self, key: str, command: list[str], workdir: Path, db: Path | None) -> None:
+        self.key, self.db, self.port = key, db, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/webhooks"
+        self.log = workdir / f"{key}.log"
+        with self.log.open("wb") as log:
+            command = [part.replace("{port}", str(self.port)) for part in command]
+            self.process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"({key}) exited at start:\n{self.log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"({key}) did not listen on port {self.port} within 30 s:\n{self.log.read_text()[-2000:]}")
+
+    def rows(self) -> int:
+        """Events in this server's database (0 for the bare app, which stores nothing)."""
+        if self.db is None:
+            return 0
+        with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as conn:
+            count: int = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        return count
+
+    def settle(self) -> int:
+        """Wait until requests still in flight when the load stopped are answered; return the row count."""
+        last = self.rows()
+        while True:
+            time.sleep(0.25)
+            now = self.rows()
+            if now == last:
+                return now
+            last = now
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _body(n: int) -> bytes:
+    """A typical Montra event (~450 bytes), distinct per event as real traffic is."""
+    event = {
+        "id": f"evt_bench_{n:09d}",
+        "type": "subscription.upgraded",
+        "timestamp": "2026-11-25T17:00:00Z",
+        "data": {
+            "id": f"sub_bench_{n:09d}",
+            "customer_id": "cus_01JD8Z3A1B2C3D4E5F6G7H8J9K",
+            "pricing_model_id": "pm_pro_monthly",
+            "status": "active",
+            "quantity": 3,
+            "current_period_start": "2026-11-25T17:00:00Z",
+            "current_period_end": "2026-12-25T17:00:00Z",
+        },
+        "previous_attributes": {"pricing_model_id": "pm_starter_monthly", "quantity": 1},
+    }
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def write_events(prefix: Path, count: int, threads: int, tag: str) -> None:
+    """`count` signed events with unique ids, dealt round-robin into `prefix.1` .. `prefix.<threads>`."""
+    files = [open(f"{prefix}.{i}", "w", encoding="utf-8") for i in range(1, threads + 1)]  # noqa: SIM115
+    try:
+        for n in range(count):
+            body = _body(n)
+            headers = sign(body, secret=SECRET, msg_id=f"msg_{tag}_{n:09d}")  # timestamp: now
+            line = f"{headers['webhook-id']}\t{headers['webhook-timestamp']}\t{headers['webhook-signature']}\t"
+            files[n % threads].write(line + body.decode() + "\n")
+    finally:
+        for file in files:
+            file.close()
+
+
+def _load(wrk: str | None, url: str, prefix: Path, threads: int, connections: int, seconds: int) -> dict[str, int]:
+    if wrk:
+        script = _HERE / "ingest.lua"
+        command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
+        command += [url, "--", str(prefix)]
+    else:
+        command = [sys.executable, str(_HERE / "_loadgen.py"), url, str(prefix), str(threads), str(connections)]
+        command.append(str(seconds))
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    match = _RESULT.search(done.stdout)
+    if done.returncode != 0 or not match:
+        raise RuntimeError(f"the load generator failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return {key: int(value) for key, value in (pair.split("=") for pair in match.group(1).split())}
+
+
+class _Runner:
+    """Runs one contender's load and checks what it stored; sizes each run's events from rates seen."""
+
+    def __init__(self, wrk: str | None, workdir: Path, threads: int, connections: int) -> None:
+        self.wrk, self.workdir, self.threads, self.connections = wrk, workdir, threads, connections
+        self.best_rate: dict[str, float] = {}
+        self.runs = 0
+        self.warnings: list[str] = []
+        self.lost: list[str] = []
+
+    def run(self, server: _Server, seconds: int) -> dict[str, float]:
+        # Until a contender's rate is known, assume a generous one; a run that runs out is done again.
+        count = math.ceil(self.best_rate.get(server.key, 12_000) * seconds * 1.5) + 2_000
+        while True:
+            self.runs += 1
+            prefix = self.workdir / f"events-{self.runs}"
+            write_events(prefix, count, self.threads, f"r{self.runs}")
+            before = server.settle()
+            result = _load(self.wrk, server.url, prefix, self.threads, self.connections, seconds)
+            for index in range(1, self.threads + 1):
+                Path(f"{prefix}.{index}").unlink()
+            if not result["wrapped"]:
+                break
+            count *= 2  # the events ran out, so some were sent twice: this run does not count
+        stored = server.settle() - before
+        ok = result["requests"] - result["non2xx"]
+        rate = result["requests"] / (result["duration_us"] / 1e6)
+        self.best_rate[server.key] = max(rate, self.best_rate.get(server.key, 0.0))
+        errors = {k: result[k] for k in ("non2xx", "connect", "read", "write", "timeout") if result[k]}
+        if errors:
+            self.warnings.append(f"({server.key}) errors: {errors}")
+        # Requests in flight when the load stopped may be stored without their answer being counted.
+        if server.db is not None and not ok <= stored <= ok + self.connections:
+            self.lost.append(f"({server.key}) stored {stored} events for {ok} 2xx answers")
+        return {"rps": rate, "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000, "ok": ok}
+
+
+def _servers(workdir: Path, naive: str) -> dict[str, _Server]:
+    baselines = str(_HERE / "_baselines.py")
+    serve = Path(sys.executable).with_name("montra-hooks")
+    serve_command = [str(serve)] if serve.exists() else [sys.executable, "-c", "from replay.cli import main; main()"]
+    commands = {
+        "a": ([sys.executable, baselines, "bare", "{port}"], None),
+        "b": ([sys.executable, baselines, "naive", "{port}", str(workdir / "b.db"), SECRET, naive], workdir / "b.db"),
+        "c": (
+            [*serve_command, "serve", "--secret", SECRET, "--db", str(workdir / "c.db"), "--port", "{port}"],
+            workdir / "c.db",
+        ),
+    }
+    servers: dict[str, _Server] = {}
+    try:
+        for key, (command, db) in commands.items():
+            servers[key] = _Server(key, command, workdir, db)
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+def _implementation() -> str:
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"uvicorn {http}/{loop}, 1 worker, access log off"
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the alternating rounds; print the table and return the medians and ratios."""
+    parser = argparse.ArgumentParser(prog="bench/ingest.py", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5, help="length of each measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load per contender before round 1")
+    parser.add_argument("--connections", type=int, default=64)
+    # One wrk thread drives ~50k req/s, far beyond these servers; on 2 cores a second would take CPU from them.
+    parser.add_argument("--threads", type=int, default=1, help="load generator threads")
+    parser.add_argument("--naive", choices=["inline", "thread"], default="inline", help="how (b) commits")
+    parser.add_argument("--load", choices=["wrk", "python"], default="wrk", help="python: bench/_loadgen.py")
+    args = parser.parse_args(argv or [])
+
+    wrk = ensure_wrk() if args.load == "wrk" else None
+    tool = f"wrk -t{args.threads} -c{args.connections}" if wrk else f"bench/_loadgen.py, {args.connections} connections"
+    if not wrk and args.load == "wrk":
+        print("wrk cannot be had here: falling back to bench/_loadgen.py (a Python load generator, slower than wrk)")
+    print(f"ingest: {tool}, {args.rounds} alternating rounds of {args.seconds} s after a {args.warmup} s warm-up")
+    print(f"  servers: {_implementation()}; started once, kept running through all rounds", flush=True)
+    print(
+        f"  (b) commits {args.naive}; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        flush=True,
+    )
+
+    samples: dict[str, list[dict[str, float]]] = {key: [] for key in CONTENDERS}
+    with tempfile.TemporaryDirectory(prefix="montra-bench-") as tmp:
+        workdir = Path(tmp)
+        servers = _servers(workdir, args.naive)
+        try:
+            runner = _Runner(wrk, workdir, args.threads, args.connections)
+            for server in servers.values():
+                runner.run(server, args.warmup)
+            runner.warnings.clear()  # the warm-up's figures and warnings are not the benchmark
+            print(f"  {'round':>5} {'(a) req/s':>10} {'(b) req/s':>10} {'(c) req/s':>10} {'c/a':>6} {'c/b':>6}")
+            for n in range(1, args.rounds + 1):
+                for key, server in servers.items():
+                    samples[key].append(runner.run(server, args.seconds))
+                a, b, c = (samples[key][-1]["rps"] for key in CONTENDERS)
+                print(f"  {n:>5} {a:>10,.0f} {b:>10,.0f} {c:>10,.0f} {c / a:>6.2f} {c / b:>6.2f}", flush=True)
+            stored_c = servers["c"].settle()
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    figures: dict[str, float] = {}
+    for key in CONTENDERS:
+        for name in ("rps", "p50_ms", "p99_ms"):
+            figures[f"{key}_{name}"] = statistics.median(s[name] for s in samples[key])
+    figures["ratio_c_over_a"] = figures["c_rps"] / figures["a_rps"]
+    figures["ratio_c_over_b"] = figures["c_rps"] / figures["b_rps"]
+
+    print(f"  median of {args.rounds} rounds:")
+    for key, label in CONTENDERS.items():
+        rps, p50, p99 = (figures[f"{key}_{name}"] for name in ("rps", "p50_ms", "p99_ms"))
+        print(f"    ({key}) {label:<20} {rps:>8,.0f} req/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms")
+    for name, target, label in (
+        ("ratio_c_over_a", TARGET_OVER_BARE, "(c)/(a)"),
+        ("ratio_c_over_b", TARGET_OVER_NAIVE, "(c)/(b)"),
+    ):
+        print(f"  {label} = {figures[name]:.2f} (target >= {target}: {'met' if figures[name] >= target else 'MISSED'})")
+    print(f"  load average after: {os.getloadavg()[0]:.1f} (other work on the machine makes every figure noisier)")
+    for warning in runner.warnings:
+        print(f"  WARNING {warning}")
+    if runner.lost:
+        # Figures from a receiver that acknowledged events it did not keep are worthless.
+        raise RuntimeError("acknowledged events are missing from the store: " + "; ".join(runner.lost))
+    print(f"  stored: every run's 2xx answers are rows in (b)'s and (c)'s databases; (c) holds {stored_c:,} events")
+    return figures
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

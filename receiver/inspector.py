@@ -1,0 +1,372 @@
+"""The inspector: pages to look at stored events and their handler runs, and to re-run handlers.
+
+`GET /inspect` lists events newest first, filtered by type pattern, status and id, and polls
+`/inspect/api/events` so new events appear without a reload. `GET /inspect/events/{id}` shows
+one event: its body pretty-printed, its headers, each handler run with its error and
+traceback, a re-run button and a `montra-hooks replay` command to copy. Who may open them is
+decided in `inspector_access`. Pages are rendered on the server with Jinja2, autoescaped (bodies
+and headers come from the internet), with one small script and one stylesheet from this package:
+nothing is fetched from anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs, quote, urlencode
+
+import jinja2
+from markupsafe import Markup, escape
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.templating import Jinja2Templates
+
+from .errors import ConfigurationError
+from .hooks import validate_pattern
+from .inspector_access import InspectorAccess, Refusal, is_loopback_host
+from .sqlite_store import DEFAULT_DB
+from .store import REDACTED, EventFilter, Run, StoredEvent
+
+if TYPE_CHECKING:
+    from .app import MontraApp
+
+__all__ = ["EVENT_STATUSES", "PAGE_SIZE", "Inspector", "highlight_json"]
+
+PAGE_SIZE = 100
+"""Events per list page."""
+EVENT_STATUSES = ("dead", "failed", "pending", "handled", "unhandled")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+Kind = Literal["page", "api", "action", "login", "static"]
+
+_STATIC = {"inspector.css": "text/css; charset=utf-8", "inspector.js": "text/javascript; charset=utf-8"}
+_SECURITY_HEADERS = {
+    # Defence in depth behind autoescaping: no inline script, nothing loaded from another origin.
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    # same-origin, not no-referrer: with no-referrer, browsers send `Origin: null` on our own form POSTs.
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",  # pages and JSON hold event data: keep them out of caches
+}
+_MAX_FORM_BYTES = 16 * 1024
+_JSON_TOKEN = re.compile(
+    r'(?P<key>"(?:[^"\\]|\\.)*")(?=: )|(?P<str>"(?:[^"\\]|\\.)*")'
+    r"|(?P<num>-?(?:\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|Infinity)|NaN)|(?P<lit>true|false|null)"
+)
+
+
+def highlight_json(text: str) -> Markup:
+    """Pretty JSON text (as `json.dumps(indent=2)` writes it) as escaped HTML with a span per token."""
+    out: list[str] = []
+    last = 0
+    for match in _JSON_TOKEN.finditer(text):
+        out.append(str(escape(text[last : match.start()])))
+        out.append(f'<span class="j-{match.lastgroup}">{escape(match.group())}</span>')
+        last = match.end()
+    out.append(str(escape(text[last:])))
+    return Markup("".join(out))  # noqa: S704 - every piece of text above went through escape()
+
+
+class Inspector:
+    """The inspector's routes, for a `MontraApp` to mount: `Inspector(app, token=...).routes()`."""
+
+    def __init__(self, app: MontraApp, *, token: str | None) -> None:
+        self.app = app
+        self.access = InspectorAccess(token)
+        env = jinja2.Environment(
+            loader=jinja2.PackageLoader("receiver", "templates"),
+            autoescape=True,  # always, whatever the file name: bodies and headers are attacker-controlled
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates = Jinja2Templates(env=env)
+        static = resources.files("receiver").joinpath("static")
+        self._static = {name: static.joinpath(name).read_bytes() for name in _STATIC}
+
+    def routes(self) -> list[BaseRoute]:
+        guard = self._guard
+        return [
+            Route("/inspect", guard(self.list_page, "page"), methods=["GET"]),
+            Route("/inspect/login", guard(self.login, "login"), methods=["GET", "POST"]),
+            Route("/inspect/logout", guard(self.logout, "action"), methods=["POST"]),
+            Route("/inspect/api/events", guard(self.api_events, "api"), methods=["GET"]),
+            Route("/inspect/api/events/{event_id:path}", guard(self.api_event, "api"), methods=["GET"]),
+            Route("/inspect/static/{name}", guard(self.static, "static"), methods=["GET"]),
+            Route("/inspect/events/{event_id:path}/rerun", guard(self.rerun, "action"), methods=["POST"]),
+            Route("/inspect/events/{event_id:path}", guard(self.event_page, "page"), methods=["GET"]),
+        ]
+
+    def _guard(self, endpoint: Endpoint, kind: Kind) -> Endpoint:
+        async def guarded(request: Request) -> Response:
+            refusal = self.access.check_network(request)
+            if refusal is None and request.method == "POST":
+                refusal = self.access.check_same_origin(request)
+            if refusal is not None:
+                return _secured(refusal.response())
+            if kind not in ("login", "static") and not self.access.is_authenticated(request):
+                if kind == "page":
+                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                    return _secured(RedirectResponse(f"{_base(request)}/login?{urlencode({'next': target})}", 303))
+                message = "Log in at /inspect/login, or send Authorization: Bearer <inspect token>."
+                return _secured(Refusal(401, "unauthorized", message).response())
+            return _secured(await endpoint(request))
+
+        return guarded
+
+    # -- pages -----------------------------------------------------------------------------
+
+    async def list_page(self, request: Request) -> Response:
+        selection, filters, error = _list_filter(request)
+        events = [] if error else await self.app.store.list_events(selection)
+        older = events[-1].seq if len(events) == PAGE_SIZE else None
+        context = {
+            "events": [_event_row(request, e) for e in events],
+            "filters": filters,
+            "statuses": EVENT_STATUSES,
+            "error": error,
+            "older": older,
+            "live": not error and not filters["before"],
+            "api_query": urlencode({k: v for k, v in filters.items() if v and k not in ("before", "after")}),
+            "after": (events[-1].seq - 1) if events else 0,
+            "page_size": PAGE_SIZE,
+            "trigger_command": shlex.join(
+                ["montra-hooks", "trigger", "customer.created", "--to", _webhook_url(request, self.app.path)]
+            ),
+        }
+        return self._render(request, "list.html", context, status_code=400 if error else 200)
+
+    async def event_page(self, request: Request) -> Response:
+        event_id = request.path_params["event_id"]
+        event = await self.app.store.get_event(event_id)
+        if event is None:
+            return self._render(request, "not_found.html", {"event_id": event_id}, status_code=404)
+        runs = await self.app.store.get_runs(event_id)
+        body_html, body_kind = _body_view(event.body)
+        requeued = request.query_params.get("requeued", "")
+        context = {
+            "event": _event_row(request, event),
+            "occurred_at": event.occurred_at,
+            "runs": [self._run_view(run) for run in runs],
+            "rerunnable": sum(1 for run in runs if run.status in ("failed", "dead")),
+            "headers": sorted(event.headers.items()),
+            "redacted": REDACTED,
+            "body_html": body_html,
+            "body_kind": body_kind,
+            "body_size": len(event.body),
+            "replay_command": self._replay_command(request, event_id),
+            "state": _state(event, runs),
+            "state_url": f"{_base(request)}/api/events/{quote(event_id, safe='')}",
+            "requeued": int(requeued) if requeued.isascii() and requeued.isdigit() else None,
+        }
+        return self._render(request, "event.html", context)
+
+    async def login(self, request: Request) -> Response:
+        base = _base(request)
+        if request.method == "POST":
+            form = await _form(request)
+            token, target = form.get("token", ""), form.get("next", "")
+        else:
+            token, target = request.query_params.get("token", ""), request.query_params.get("next", "")
+            if token:
+                _hide_query(request)
+        target = target if _is_inspector_path(base, target) else base
+        if not self.access.needs_login or (not token and self.access.is_authenticated(request)):
+            return RedirectResponse(target, 303)
+        if token and self.access.token_matches(token):
+            response = RedirectResponse(target, 303)
+            self.access.start_session(request, response)
+            return response
+        error = "That token is not the receiver's --inspect-token." if token else None
+        return self._render(request, "login.html", {"next": target, "error": error}, status_code=401 if token else 200)
+
+    async def logout(self, request: Request) -> Response:
+        response = RedirectResponse(f"{_base(request)}/login", 303)
+        if self.access.needs_login:
+            self.access.end_session(request, response)
+        return response
+
+    async def rerun(self, request: Request) -> Response:
+        event_id = request.path_params["event_id"]
+        handler = (await _form(request)).get("handler") or None
+        if await self.app.store.get_event(event_id) is None:
+            return JSONResponse({"error": "not_found", "message": f"No event {event_id!r} is stored."}, 404)
+        count = await self.app.rerun(event_id, handler=handler)
+        return RedirectResponse(f"{_event_url(request, event_id)}?requeued={count}", 303)
+
+    # -- JSON for the pages' polling -------------------------------------------------------
+
+    async def api_events(self, request: Request) -> Response:
+        selection, _, error = _list_filter(request)
+        if error:
+            return JSONResponse({"error": "bad_filter", "message": error}, status_code=400)
+        events = await self.app.store.list_events(selection)
+        return JSONResponse({"events": [_event_row(request, e) for e in events]})
+
+    async def api_event(self, request: Request) -> Response:
+        event_id = request.path_params["event_id"]
+        event = await self.app.store.get_event(event_id)
+        if event is None:
+            return JSONResponse({"error": "not_found", "message": f"No event {event_id!r} is stored."}, 404)
+        runs = await self.app.store.get_runs(event_id)
+        return JSONResponse(
+            {
+                "id": event.id,
+                "status": event.status,
+                "state": _state(event, runs),
+                "runs": [{"handler": r.handler, "status": r.status, "attempts": r.attempts} for r in runs],
+            }
+        )
+
+    async def static(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in self._static:
+            return JSONResponse({"error": "not_found", "message": f"No inspector file {name!r}."}, 404)
+        return Response(self._static[name], media_type=_STATIC[name], headers={"cache-control": "no-cache"})
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _render(self, request: Request, name: str, context: dict[str, Any], *, status_code: int = 200) -> Response:
+        logged_in = self.access.needs_login and self.access.is_authenticated(request)
+        context = {"base": _base(request), "logged_in": logged_in, **context}
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def _run_view(self, run: Run) -> dict[str, Any]:
+        registration = self.app.hooks.get(run.handler)
+        error = (run.last_error or "").rstrip()
+        return {
+            "handler": run.handler,
+            "status": run.status,
+            "attempts": run.attempts,
+            "max_attempts": (registration.max_attempts or self.app.settings.max_attempts) if registration else None,
+            "registered": registration is not None,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+            "duration_ms": run.duration_ms,
+            "next_attempt_at": run.next_attempt_at if run.status in ("failed", "pending") else None,
+            "lease_until": run.lease_until if run.status == "running" else None,
+            "error": error,
+            "error_summary": error.splitlines()[-1] if error else "",
+            "can_rerun": run.status in ("failed", "dead") and registration is not None,
+        }
+
+    def _replay_command(self, request: Request, event_id: str) -> str:
+        parts = ["montra-hooks", "replay", "--id", event_id, "--to", _webhook_url(request, self.app.path)]
+        if self.app.store.path != DEFAULT_DB:
+            parts[2:2] = ["--db", self.app.store.path]
+        if not is_loopback_host(request.headers.get("host", "")):
+            parts.append("--allow-remote")
+        return shlex.join(parts)
+
+
+def _list_filter(request: Request) -> tuple[EventFilter, dict[str, str], str | None]:
+    params = request.query_params
+    filters = {name: params.get(name, "").strip() for name in ("type", "status", "id", "before", "after")}
+    error = None
+    if filters["type"]:
+        try:
+            validate_pattern(filters["type"])
+        except ConfigurationError as e:
+            error = str(e)
+    if filters["status"] and filters["status"] not in EVENT_STATUSES:
+        error = f"Unknown status {filters['status']!r}: use one of {', '.join(EVENT_STATUSES)}."
+    for name in ("before", "after"):
+        if filters[name] and not (filters[name].isascii() and filters[name].isdigit()):
+            error = f"{name} must be an event seq (a whole number), got {filters[name]!r}."
+    limit_text = params.get("limit", "")
+    limit = min(int(limit_text), 500) if limit_text.isascii() and limit_text.isdigit() else PAGE_SIZE
+    selection = EventFilter(
+        ids=[filters["id"]] if filters["id"] else (),
+        types=[filters["type"]] if filters["type"] else (),
+        status=[filters["status"]] if filters["status"] else (),
+        after_seq=int(filters["after"]) if filters["after"] and not error else None,
+        max_seq=int(filters["before"]) - 1 if filters["before"] and not error else None,
+        limit=max(limit, 1),
+        newest_first=True,
+    )
+    return selection, filters, error
+
+
+def _event_row(request: Request, event: StoredEvent) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "id": event.id,
+        "type": event.type,
+        "status": event.status,
+        "received_at": event.received_at,
+        "received": _display_time(event.received_at),
+        "url": _event_url(request, event.id),
+    }
+
+
+def _body_view(body: bytes) -> tuple[Markup, str]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return escape(repr(body)), "bytes (not UTF-8)"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return escape(text), "text (not JSON)"
+    return highlight_json(json.dumps(value, indent=2, ensure_ascii=False)), "JSON"
+
+
+def _state(event: StoredEvent, runs: list[Run]) -> str:
+    """A short fingerprint of what the event page shows that can change; the page reloads when it does."""
+    parts = [event.status, *(f"{r.handler}\0{r.status}\0{r.attempts}\0{r.finished_at}" for r in runs)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _display_time(iso_text: str | None) -> str:
+    # 2026-11-25T17:00:00.123456Z -> 2026-11-25 17:00:00.123
+    return iso_text[:23].replace("T", " ") if iso_text else ""
+
+
+def _base(request: Request) -> str:
+    return f"{request.scope.get('root_path', '')}/inspect"
+
+
+def _event_url(request: Request, event_id: str) -> str:
+    return f"{_base(request)}/events/{quote(event_id, safe='')}"
+
+
+def _webhook_url(request: Request, path: str) -> str:
+    host = request.headers.get("host") or "127.0.0.1:8000"
+    return f"{request.url.scheme}://{host}{request.scope.get('root_path', '')}{path}"
+
+
+def _is_inspector_path(base: str, target: str) -> bool:
+    # Only a path of this inspector: never another site (`//evil`, `https://...`) after logging in.
+    return (target == base or target.startswith((f"{base}/", f"{base}?"))) and "\\" not in target
+
+
+def _hide_query(request: Request) -> None:
+    # uvicorn's access log prints the request's scope after the app has answered: keep the token out of it.
+    request.scope["query_string"] = b"token=[redacted]"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body (all our forms send), without python-multipart."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            return {}
+    pairs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in pairs.items()}
+
+
+def _secured(response: Response) -> Response:
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
