@@ -42,7 +42,19 @@ def redact(headers: Mapping[str, str]) -> dict[str, str]:
 
 def iso(t: float) -> str:
     """Unix seconds as the store writes times: ISO 8601 UTC, microseconds, `Z`; sorts as it compares."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _iso_second
+    whole = int(t // 1)
+    micros = round((t - whole) * 1_000_000)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    # Formatting a datetime is the costliest step of storing an event: do it once a second.
+    cached = _iso_second  # one read: another thread may replace it meanwhile
+    if cached[0] != whole:
+        cached = _iso_second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{micros:06d}Z"
+
+
+_iso_second: tuple[int, str] = (-1, "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,15 @@ from httpx_sse import EventSource, ServerSentEvent, SSEError
 from receiver.errors import ConfigurationError, MontraHooksError
 from receiver.verify import sign
 
+from .forward import LocalTarget
+
 __all__ = ["CursorFile", "ListenError", "ListenSettings", "Listener", "default_state_path", "run_until_stopped"]
 
 STATE_DIR = Path(".montra-hooks")
 USER_AGENT = "montra-hooks-listen"
 SAVE_EVERY = 0.2
+PREFETCH = 256
+"""Frames read ahead of delivery, at most."""
 """Seconds between cursor saves while events stream; a quiet stream's cursor is saved at once."""
 
 
@@ -186,7 +190,7 @@ class Listener:
         relay_timeout = httpx.Timeout(10.0, read=s.silence)
         async with (
             httpx.AsyncClient(timeout=relay_timeout, headers={"user-agent": USER_AGENT}) as relay,
-            _LocalTarget(s.target, timeout=s.timeout) as local,
+            LocalTarget(s.target, timeout=s.timeout, user_agent=USER_AGENT) as local,
         ):
             failures = 0
             try:
@@ -209,7 +213,7 @@ class Listener:
             finally:
                 self.flush()
 
-    async def _follow(self, relay: httpx.AsyncClient, local: _LocalTarget) -> None:
+    async def _follow(self, relay: httpx.AsyncClient, local: LocalTarget) -> None:
         """Read one connection's frames until it ends."""
         s = self.settings
         headers = {"authorization": f"Bearer {s.token}", "accept": "text/event-stream", "cache-control": "no-store"}
@@ -224,10 +228,31 @@ class Listener:
             self._info(
                 f"connected to {s.stream_url}" + (f" after seq {self.cursor}" if self.cursor is not None else "")
             )
-            async for frame in EventSource(response).aiter_sse():
-                await self._on_frame(frame, local)
+            # Frames are read and parsed while the local target works on the event before: delivery
+            # stays one event at a time, in order, but the two processes no longer wait on each other.
+            frames: asyncio.Queue[ServerSentEvent] = asyncio.Queue(maxsize=PREFETCH)
+            reader = asyncio.create_task(_read_frames(response, frames))
+            try:
+                while True:
+                    if frames.empty():
+                        if reader.done():
+                            reader.result()  # the reader's error, if any, ends this connection
+                            return
+                        getter = asyncio.ensure_future(frames.get())
+                        await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                        if not getter.done():
+                            getter.cancel()
+                            continue
+                        frame = getter.result()
+                    else:
+                        frame = frames.get_nowait()
+                    await self._on_frame(frame, local)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
 
-    async def _on_frame(self, frame: ServerSentEvent, local: _LocalTarget) -> None:
+    async def _on_frame(self, frame: ServerSentEvent, local: LocalTarget) -> None:
         if frame.event == "montra.event":
             try:
                 data = json.loads(frame.data)
@@ -263,7 +288,7 @@ class Listener:
             self._save(resume)
 
     async def _deliver(
-        self, seq: int, event_id: str, event_type: str, body: bytes, headers: dict[str, Any], local: _LocalTarget
+        self, seq: int, event_id: str, event_type: str, body: bytes, headers: dict[str, Any], local: LocalTarget
     ) -> None:
         s = self.settings
         if not s.as_json:
@@ -315,36 +340,6 @@ class Listener:
             self._info(f"    {status} is a local bug, not an outage: passed, not retried{hint}")
 
 
-class _LocalTarget:
-    """POSTs to the local target over one keep-alive connection, through httpx's transport alone.
-
-    Delivery is sequential, so a catch-up goes as fast as one request's CPU plus the target's
-    answer, event after event; the client layer (auth, redirects, cookies, hooks), which listen
-    does not use, is a third of that CPU.
-    """
-
-    def __init__(self, url: str, *, timeout: float) -> None:
-        self.url = httpx.URL(url)
-        self._timeout = httpx.Timeout(timeout).as_dict()
-        self._transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1))
-
-    async def __aenter__(self) -> _LocalTarget:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self._transport.aclose()
-
-    async def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-        """(status, answer text); raises httpx.TransportError when there is no answer."""
-        headers["user-agent"] = USER_AGENT
-        request = httpx.Request("POST", self.url, content=body, headers=headers, extensions={"timeout": self._timeout})
-        response = await self._transport.handle_async_request(request)
-        try:
-            return response.status_code, (await response.aread()).decode("utf-8", "replace")
-        finally:
-            await response.aclose()
-
-
 class _RelayUnavailable(Exception):
     """The relay answered with a status worth retrying (a proxy's 502, a 503)."""
 
@@ -364,6 +359,11 @@ def _refuse(response: httpx.Response, url: str) -> None:
     if 400 <= status < 500:
         raise ListenError(f"The relay refused the stream ({status}): {message or response.text[:200]}")
     raise _RelayUnavailable(f"the relay answered {status}")
+
+
+async def _read_frames(response: httpx.Response, frames: asyncio.Queue[ServerSentEvent]) -> None:
+    async for frame in EventSource(response).aiter_sse():
+        await frames.put(frame)
 
 
 def _seq(text: str) -> int | None:

@@ -315,3 +315,12 @@ def test_listing_filters(db: Path) -> None:
         "since": ["sub1", "sub2", "pay"],
         "underscore": [],
     }
+
+
+@pytest.mark.parametrize("t", [0.0, 1.5, 1795631216.503667, 1795631216.9999996, 1795631216.0000004, 1_000_000_000.25])
+def test_iso_matches_datetime_formatting(t: float) -> None:
+    from datetime import UTC, datetime
+
+    from receiver.store import iso
+
+    assert iso(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
