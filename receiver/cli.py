@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -220,7 +221,11 @@ def serve(
         who = "log in with the --inspect-token" if inspect_token else "this machine only"
         click.echo(f"  inspect:  http://{shown_host}:{port}/inspect ({who})")
     click.echo("  delivery to handlers is at least once: make them idempotent on event.id")
-    click.echo(f"Next: montra-hooks trigger customer.created --to http://{shown_host}:{port}{path}")
+    # From `make run` the command is not on PATH: show the one that is running.
+    command = "montra-hooks" if shutil.which("montra-hooks") else os.path.relpath(sys.argv[0])
+    target = f"http://{shown_host}:{port}{path}"
+    to = "" if target == "http://127.0.0.1:8000/webhooks" else f" --to {target}"
+    click.echo(f"Next, in another terminal: {command} trigger subscription.upgraded{to} && {command} events list")
     # Open streams end by themselves on SIGTERM, but a client that stopped reading holds its socket's
     # unsent bytes, and uvicorn would wait for them forever: the graceful shutdown gets 10 s.
     uvicorn.run(

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, StoreUnavailable
 from .event import RunStatus
 from .group_commit import GroupCommit
 from .schema import SCHEMA_VERSION, migrate
@@ -288,7 +288,10 @@ class SQLiteStore:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._with_reader, fn, args)
+        try:
+            return await loop.run_in_executor(self._readers, self._with_reader, fn, args)
+        except (sqlite3.Error, ConfigurationError) as e:  # callers know the Store interface, not SQLite
+            raise StoreUnavailable(f"The event store cannot be read: {e}.") from e
 
     def _with_reader(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

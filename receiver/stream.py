@@ -23,7 +23,6 @@ import hmac
 import json
 import logging
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -142,8 +141,8 @@ class EventStream:
             # Fixed before the 200 goes out: whatever is stored once the client sees it comes after the cursor.
             try:
                 _, cursor = await self._store().seq_bounds()
-            except sqlite3.Error as e:
-                return _error(503, "store_unavailable", f"The event store cannot be read: {e}.")
+            except StoreUnavailable as e:
+                return _error(503, "store_unavailable", str(e))
         return _StreamResponse(self, cursor=cursor, types=tuple(types), live=live)
 
 
@@ -183,7 +182,7 @@ class _StreamResponse(Response):
             await self._frames(send)
         except OSError:  # the client went away while we wrote: nothing more to do
             return
-        except (sqlite3.Error, StoreUnavailable, ConfigurationError, RuntimeError) as e:
+        except (StoreUnavailable, RuntimeError) as e:
             # RuntimeError: the store closed under us (shutdown). The client reconnects after `retry`.
             log.warning("stream ended: cannot read the store: %s", e)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
