@@ -50,14 +50,21 @@ TARGET_GROWTH = 1.10
 
 _HERE = Path(__file__).resolve().parent
 _INSERT = "INSERT INTO events (id, type, occurred_at, received_at, headers, body) VALUES (?, ?, ?, ?, ?, ?)"
-# Runs the real command in a child process and reports that process's own peak RSS (KiB on Linux).
+# Runs the real command in a child process and reports that process's own peak RSS in KiB. VmHWM, not
+# ru_maxrss: Linux carries the parent's peak into ru_maxrss across fork and exec, so a child started by
+# a big parent (bench/run.py after the ingest bench) would report the parent's figure.
 _MEASURED_REPLAY = """
 import resource, sys
 from replay.cli import cli
 try:
     cli.main(args=sys.argv[1:], prog_name="montra-hooks", standalone_mode=False)
 finally:
-    print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    try:
+        with open("/proc/self/status") as status:
+            peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("PEAK_KB", peak, file=sys.stderr)
 """
 
 

@@ -170,8 +170,7 @@ class MontraApp:
         self._store = store
         self._dispatcher = Dispatcher(self.hooks, store, self.settings)
         self.stream.open()
-        if not self.inline:
-            await self._dispatcher.start()
+        await self._dispatcher.start(background=not self.inline)
 
     async def _stop(self) -> None:
         if self._store is None:

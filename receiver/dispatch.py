@@ -89,13 +89,13 @@ class Dispatcher:
         self._pacing = AcknowledgementsFirst()
         self._renewer: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Report runs nobody can take, then resume every due run (crash recovery) and keep going."""
+    async def start(self, *, background: bool = True) -> None:
+        """Report runs nobody can take; in the background, resume every due run (crash recovery) and keep going."""
         names = self.hooks.names
         orphans = await self.store.orphaned_runs(names)
         for handler, count in orphans.items():
             log.warning("%d unfinished run(s) of handler %r, which is not registered: left as they are", count, handler)
-        if not names:
+        if not names or not background:
             return
         self._claimer = asyncio.create_task(self._claim_loop(), name="montra-dispatch")
         self._ensure_renewing()

@@ -7,6 +7,7 @@ its own connection, so a long listing never holds up an acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sqlite3
@@ -239,16 +240,7 @@ class SQLiteStore:
         remaining = selection.limit
         while remaining is None or remaining > 0:
             size = page if remaining is None else min(page, remaining)
-            query = EventFilter(
-                ids=selection.ids,
-                types=selection.types,
-                status=selection.status,
-                since=selection.since,
-                until=selection.until,
-                after_seq=after,
-                max_seq=selection.max_seq,
-                limit=size,
-            )
+            query = dataclasses.replace(selection, after_seq=after, limit=size, newest_first=False)
             rows = await self._read(select_events, query)
             for row in rows:
                 yield row

@@ -464,6 +464,17 @@ def test_runs_of_unregistered_handlers_are_reported_and_left(db: Path, caplog: p
     assert event_status(db, "msg_old") == "pending"
 
 
+def test_inline_mode_reports_runs_of_unregistered_handlers_too(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    seed(db, "msg_old", "refund.created", ["billing.removed_handler"])
+    app = create_app(Hooks(), db=db, secrets=[SECRET], dispatch="inline")
+    with caplog.at_level(logging.WARNING, logger="montra.dispatch"), TestClient(app):
+        pass
+    assert [r.getMessage() for r in caplog.records if r.name == "montra.dispatch"] == [
+        "1 unfinished run(s) of handler 'billing.removed_handler', which is not registered: left as they are"
+    ]
+    assert runs(db)["msg_old", "billing.removed_handler"]["status"] == "pending"
+
+
 def test_cli_shows_dead_runs_and_retry_hands_them_to_the_running_receiver(db: Path) -> None:
     hooks = Hooks()
     refuse = threading.Event()
