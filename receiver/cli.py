@@ -7,6 +7,7 @@ import base64
 import importlib
 import ipaddress
 import json
+import logging
 import os
 import re
 import shutil
@@ -222,10 +223,15 @@ def serve(
         click.echo(f"  inspect:  http://{shown_host}:{port}/inspect ({who})")
     click.echo("  delivery to handlers is at least once: make them idempotent on event.id")
     # From `make run` the command is not on PATH: show the one that is running.
-    command = "montra-hooks" if shutil.which("montra-hooks") else os.path.relpath(sys.argv[0])
+    command = "montra-hooks"
+    if not shutil.which(command):
+        command = os.path.relpath(sys.argv[0])
+        command = os.path.abspath(sys.argv[0]) if command.startswith("..") else command
     target = f"http://{shown_host}:{port}{path}"
     to = "" if target == "http://127.0.0.1:8000/webhooks" else f" --to {target}"
     click.echo(f"Next, in another terminal: {command} trigger subscription.upgraded{to} && {command} events list")
+    # uvicorn configures its own loggers only: show the dispatcher's and the handlers' too, as uvicorn shows its.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     # Open streams end by themselves on SIGTERM, but a client that stopped reading holds its socket's
     # unsent bytes, and uvicorn would wait for them forever: the graceful shutdown gets 10 s.
     uvicorn.run(
