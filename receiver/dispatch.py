@@ -69,6 +69,8 @@ class DispatchSettings:
 class Outcome:
     status: RunStatus
     error: str | None = None
+    attempts: int | None = None
+    """Tries made, when not the count the claim recorded (no try was started)."""
 
 
 class Dispatcher:
@@ -292,8 +294,11 @@ class Dispatcher:
                 outcome = Outcome("dead", "Not run: the event is no longer stored.")
             elif run.attempts > max_attempts:
                 # Its process died during the last allowed try (its lease expired): no try is left.
+                event = dataclasses.replace(event, attempt=run.attempts - 1)
                 outcome = Outcome(
-                    "dead", f"Gave up: the process running try {run.attempts - 1} stopped before it ended."
+                    "dead",
+                    f"Gave up: the process running try {event.attempt} stopped before it ended.",
+                    attempts=event.attempt,
                 )
             else:
                 outcome = await self._try(registration, event, run, max_attempts)
@@ -334,6 +339,7 @@ class Dispatcher:
                     next_attempt_at=next_attempt,
                     finished_at=finished,
                     duration_ms=round((finished - started) * 1000, 3),
+                    attempts=outcome.attempts,
                 )
                 break
             except Exception as e:  # the store cannot write now: keep the lease and the outcome, and try again
@@ -356,7 +362,8 @@ class Dispatcher:
             )
         elif outcome.status == "dead":
             last_line = _last_line(outcome.error)
-            log.error("%s gave up on %s after %d tries: %s", run.handler, run.event_id, run.attempts, last_line)
+            tries = outcome.attempts if outcome.attempts is not None else run.attempts
+            log.error("%s gave up on %s after %d tries: %s", run.handler, run.event_id, tries, last_line)
             if event is not None:
                 await self._on_dead(event, run.handler, outcome.error or "")
 

@@ -174,14 +174,15 @@ class SQLiteStore:
         next_attempt_at: float | None,
         finished_at: float,
         duration_ms: float,
+        attempts: int | None = None,
     ) -> bool:
         sql = (
             "UPDATE handler_runs SET status = ?, last_error = ?, next_attempt_at = ?, lease_owner = NULL, "
-            "lease_until = NULL, finished_at = ?, duration_ms = ? "
+            "lease_until = NULL, finished_at = ?, duration_ms = ?, attempts = coalesce(?, attempts) "
             "WHERE event_id = ? AND handler = ? AND lease_owner = ? AND status = 'running'"
         )
         due = iso(next_attempt_at) if next_attempt_at is not None else None
-        params = (status, error, due, iso(finished_at), duration_ms, event_id, handler, owner)
+        params = (status, error, due, iso(finished_at), duration_ms, attempts, event_id, handler, owner)
         return await self._commits.run(lambda conn: conn.execute(sql, params).rowcount == 1)
 
     async def release(self, *, owner: str) -> int:

@@ -142,6 +142,7 @@ class Store(Protocol):
     async def seq_bounds(self) -> tuple[int, int]: ...
 
     # Dispatching: runs are claimed with a lease, and only the lease holder records an outcome.
+    # `finish(attempts=)` corrects the count a claim made when no try was started (a takeover that gives up).
     async def claim(
         self, *, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None = None
     ) -> list[Run]: ...
@@ -157,6 +158,7 @@ class Store(Protocol):
         next_attempt_at: float | None,
         finished_at: float,
         duration_ms: float,
+        attempts: int | None = None,
     ) -> bool: ...
     async def release(self, *, owner: str) -> int: ...
     async def requeue(
