@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import click
 
 from .dev_secret import DEV_SECRET_FILE, load_or_create_dev_secret
-from .errors import ConfigurationError
+from .errors import ConfigurationError, MontraHooksError
+from .event import EventStatus
 from .hooks import Hooks, validate_pattern
 from .sqlite_store import DEFAULT_DB, SQLiteStore, connect
 from .store import EventFilter, StoredEvent
@@ -41,7 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_EVENT_STATUSES = ("dead", "failed", "pending", "handled", "unhandled")
+_EVENT_STATUSES = get_args(EventStatus)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -394,4 +395,7 @@ def _run(store: SQLiteStore, work: Callable[[SQLiteStore], Any]) -> Any:
         finally:
             await store.close()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except MontraHooksError as e:  # a locked or unreadable store: one line that says so, exit 2
+        raise click.UsageError(f"{e} Check --db, or try again when the store is free.") from e

@@ -28,7 +28,15 @@ def load_or_create_dev_secret(path: Path = DEV_SECRET_FILE) -> tuple[str, bool]:
         return existing, False
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = generate_secret()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
+    try:
+        # A link never replaces an existing file: two serves starting at once agree on the first secret.
+        os.link(temp, path)
+    except FileExistsError:
+        return load_or_create_dev_secret(path)
+    finally:
+        os.unlink(temp)
     return secret, True

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .errors import NoRetry
+from .errors import NoRetry, StoreUnavailable
 from .event import Event, RunStatus
 from .hooks import Hooks, Registration, is_async_callable
 from .pacing import AcknowledgementsFirst
@@ -120,11 +120,14 @@ class Dispatcher:
             if unfinished:
                 log.warning(
                     "shutdown: interrupting %d handler run(s) still running after %g s "
-                    "(sync handlers' threads cannot be interrupted: waiting for them to return)",
+                    "(sync handlers' threads cannot be interrupted: waiting for them up to as long again)",
                     len(unfinished),
                     self.settings.grace,
                 )
                 for task in unfinished:
+                    task.cancel()
+                _, stuck = await asyncio.wait(unfinished, timeout=self.settings.grace)
+                for task in stuck:  # a second cancellation stops waiting for a thread that does not return
                     task.cancel()
                 await asyncio.gather(*unfinished, return_exceptions=True)
         if self._renewer is not None:
@@ -342,7 +345,7 @@ class Dispatcher:
                     attempts=outcome.attempts,
                 )
                 break
-            except Exception as e:  # the store cannot write now: keep the lease and the outcome, and try again
+            except StoreUnavailable as e:  # the store cannot write now: keep the lease and the outcome, try again
                 log.error("could not record %s on %s (%s): trying again in %.1f s", run.handler, run.event_id, e, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self.settings.lease / 3)

@@ -17,7 +17,7 @@ import re
 import shlex
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
 from .errors import ConfigurationError
+from .event import EventStatus
 from .hooks import validate_pattern
 from .inspector_access import InspectorAccess, Refusal, is_loopback_host
 from .sqlite_store import DEFAULT_DB
@@ -40,7 +41,7 @@ __all__ = ["EVENT_STATUSES", "PAGE_SIZE", "Inspector", "highlight_json"]
 
 PAGE_SIZE = 100
 """Events per list page."""
-EVENT_STATUSES = ("dead", "failed", "pending", "handled", "unhandled")
+EVENT_STATUSES: tuple[str, ...] = get_args(EventStatus)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Kind = Literal["page", "api", "action", "login", "static"]
@@ -174,7 +175,10 @@ class Inspector:
     async def login(self, request: Request) -> Response:
         base = _base(request)
         if request.method == "POST":
-            form = await _form(request)
+            try:
+                form = await _form(request)
+            except _FormTooLarge:
+                return _form_too_large()
             token, target = form.get("token", ""), form.get("next", "")
         else:
             token, target = request.query_params.get("token", ""), request.query_params.get("next", "")
@@ -198,7 +202,10 @@ class Inspector:
 
     async def rerun(self, request: Request) -> Response:
         event_id = request.path_params["event_id"]
-        handler = (await _form(request)).get("handler") or None
+        try:
+            handler = (await _form(request)).get("handler") or None
+        except _FormTooLarge:
+            return _form_too_large()
         if await self.app.store.get_event(event_id) is None:
             return JSONResponse({"error": "not_found", "message": f"No event {event_id!r} is stored."}, 404)
         count = await self.app.rerun(event_id, handler=handler)
@@ -355,15 +362,24 @@ def _hide_query(request: Request) -> None:
     request.scope["query_string"] = b"token=[redacted]"
 
 
+class _FormTooLarge(Exception):
+    """A form body larger than any of the inspector's forms: refused, never read as an empty form."""
+
+
 async def _form(request: Request) -> dict[str, str]:
     """An `application/x-www-form-urlencoded` body (all our forms send), without python-multipart."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > _MAX_FORM_BYTES:
-            return {}
+            raise _FormTooLarge
     pairs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {name: values[0] for name, values in pairs.items()}
+
+
+def _form_too_large() -> Response:
+    message = f"The form is larger than {_MAX_FORM_BYTES} bytes: no inspector form is."
+    return JSONResponse({"error": "body_too_large", "message": message}, status_code=413)
 
 
 def _secured(response: Response) -> Response:

@@ -82,6 +82,9 @@ class SQLiteStore:
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB, *, readers: int = 4) -> None:
         self.path = os.fspath(path)
         self._writer = connect(self.path)
+        # The writer runs BEGIN on the event loop: it must never sleep in SQLite's busy handler there.
+        # A BEGIN that finds the lock taken waits in GroupCommit's thread instead.
+        self._writer.execute("PRAGMA busy_timeout = 0")
         self._commits = GroupCommit(self._writer)
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []

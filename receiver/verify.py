@@ -119,7 +119,7 @@ class Verifier:
         # Counts only: key material must never reach a log line or a traceback.
         return f"Verifier(<{len(self._hmac)} HMAC, {len(self._ed25519)} Ed25519 key(s)>, tolerance={self._tolerance})"
 
-    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float | None = None) -> None:
+    def verify(self, body: bytes, headers: Mapping[str, str], now: float | None = None) -> None:
         """Raise `VerificationError` unless `body` carries a valid, timely signature; else return None.
 
         `body` is the raw request body; `headers` any mapping (names are matched case-insensitively,

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -105,9 +105,9 @@ class ListenSettings:
 
     source: str
     """The relay's base URL; the stream is `{source}/stream`."""
-    token: str
+    token: str = field(repr=False)
     target: str
-    secret: str
+    secret: str = field(repr=False)
     events: tuple[str, ...] = ()
     start: str = "live"
     """`live`, `all` or a seq: where to begin when no cursor is saved."""

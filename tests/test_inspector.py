@@ -310,6 +310,17 @@ def test_rerun_in_background_mode_wakes_the_dispatcher(tmp_path: Path) -> None:
     assert calls["msg_bg"] == 2
 
 
+def test_an_oversized_rerun_form_is_refused_and_reruns_nothing(
+    loopback: tuple[TestClient, dict[str, int]], tmp_path: Path
+) -> None:
+    client, calls = loopback
+    form = {"handler": "flaky", "padding": "x" * 20_000}
+    response = client.post("/inspect/events/msg_pay/rerun", data=form, headers=ORIGIN, follow_redirects=False)
+    assert (response.status_code, error_of(response)) == (413, "body_too_large")
+    assert calls["msg_pay"] == 1
+    assert query(tmp_path / "events.db", "SELECT status FROM handler_runs WHERE event_id = 'msg_pay'") == [("failed",)]
+
+
 def test_rerun_of_an_unknown_event_is_a_404(loopback: tuple[TestClient, dict[str, int]]) -> None:
     client, _ = loopback
     response = client.post("/inspect/events/msg_nope/rerun", headers=ORIGIN)

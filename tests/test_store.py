@@ -324,3 +324,29 @@ def test_iso_matches_datetime_formatting(t: float) -> None:
     from receiver.store import iso
 
     assert iso(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_write_lock_held_elsewhere_is_waited_for_off_the_event_loop(db: Path) -> None:
+    """Another process (a second worker, `montra-hooks retry`) holding the write lock: the loop keeps serving."""
+
+    async def work(store: SQLiteStore) -> list[str]:
+        # The writer's BEGIN runs on the loop: SQLite's busy handler would put the whole loop to sleep.
+        assert store._writer.execute("PRAGMA busy_timeout").fetchone() == (0,)
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        order: list[str] = []
+
+        async def ingest() -> None:
+            result = await store.ingest(incoming("msg_locked"))
+            order.append(f"ingest {result.status}")
+
+        task = asyncio.create_task(ingest())
+        await asyncio.sleep(0.2)  # the loop runs this coroutine while the ingest waits for the lock
+        order.append("lock released")
+        other.execute("COMMIT")
+        other.close()
+        await task
+        return order
+
+    assert run(db, work) == ["lock released", "ingest stored"]
+    assert query(db, "SELECT id FROM events") == [("msg_locked",)]
