@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib
-import ipaddress
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from .dev_secret import DEV_SECRET_FILE, load_or_create_dev_secret
 from .errors import ConfigurationError, MontraHooksError
 from .event import EventStatus
 from .hooks import Hooks, validate_pattern
+from .loopback import is_loopback
 from .sqlite_store import DEFAULT_DB, SQLiteStore, connect
 from .store import EventFilter, StoredEvent
 
@@ -32,7 +32,6 @@ __all__ = [
     "db_option",
     "event_json",
     "import_hooks",
-    "is_loopback",
     "open_existing_store",
     "parse_duration",
     "parse_when",
@@ -83,15 +82,6 @@ def parse_when(text: str) -> str:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def import_hooks(spec: str) -> Hooks:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import re
 import time
 from dataclasses import dataclass
@@ -28,7 +27,9 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-__all__ = ["SESSION_COOKIE", "SESSION_SECONDS", "InspectorAccess", "Refusal", "is_loopback_address", "is_loopback_host"]
+from .loopback import is_loopback_address
+
+__all__ = ["SESSION_COOKIE", "SESSION_SECONDS", "InspectorAccess", "Refusal", "is_loopback_host"]
 
 SESSION_COOKIE = "montra_inspect"
 SESSION_SECONDS = 12 * 3600
@@ -45,19 +46,6 @@ def is_loopback_host(host: str) -> bool:
     """Whether a `Host` header names this machine: `localhost`, `127.0.0.1` or `[::1]`, with or without a port."""
     match = _HOST.match(host.strip())
     return match is not None and match.group("name").lower() in _LOOPBACK_NAMES
-
-
-def is_loopback_address(address: str | None) -> bool:
-    """Whether a client address is loopback (IPv4-mapped IPv6 included). None (no socket address) is not."""
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,10 @@ from urllib.parse import urlsplit
 
 import click
 
-from receiver.cli import cli, is_loopback
+from receiver.cli import cli
 from receiver.errors import ConfigurationError, MontraHooksError
 from receiver.hooks import validate_pattern
+from receiver.loopback import is_loopback
 
 from .commands import fixtures, trigger, watch
 from .listen import CursorFile, Listener, ListenError, ListenSettings, default_state_path, run_until_stopped

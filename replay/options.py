@@ -15,9 +15,9 @@ import click
 import httpx
 
 from receiver.app import secrets_from_env
-from receiver.cli import is_loopback
 from receiver.dev_secret import DEV_SECRET_FILE, load_dev_secret
 from receiver.errors import ConfigurationError
+from receiver.loopback import is_loopback
 from receiver.verify import sign
 
 from .fixtures import Catalogue

@@ -276,3 +276,25 @@ def test_every_command_help_has_an_example(command: tuple[str, ...]) -> None:
     output = ok(*command, "--help")
     assert "Example" in output
     assert f"montra-hooks {' '.join(command)}" in output
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", True),
+        ("127.10.0.7", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.0.2.1", False),
+        ("example.com", False),
+        ("", False),
+    ],
+)
+def test_which_hosts_are_loopback(host: str, expected: bool) -> None:
+    from receiver.loopback import is_loopback
+
+    assert is_loopback(host) is expected
