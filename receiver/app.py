@@ -22,7 +22,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from .dispatch import Dispatcher, DispatchSettings
-from .errors import ConfigurationError, StoreUnavailable, VerificationError
+from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, VerificationError
+from .event import parse_envelope
 from .hooks import Hooks
 from .sqlite_store import DEFAULT_DB, SQLiteStore
 from .store import Incoming, Store
@@ -247,12 +248,9 @@ class MontraApp:
         except VerificationError as e:
             return self._reject(scope, headers, body, _STATUS_OF_REASON[e.code], e.code, e.message)
         try:
-            envelope = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: JSON nested too deep
-            return self._reject(scope, headers, body, 400, "invalid_json", "The body is not UTF-8 JSON.")
-        if not isinstance(envelope, dict) or not isinstance(envelope.get("type"), str) or not envelope["type"]:
-            message_text = 'The body is not a Montra event: it needs a string "type".'
-            return self._reject(scope, headers, body, 400, "invalid_event", message_text)
+            envelope = parse_envelope(body)
+        except EnvelopeError as e:
+            return self._reject(scope, headers, body, 400, e.code, e.message)
 
         event_id = headers.get("webhook-id") or headers["svix-id"]
         event_type: str = envelope["type"]

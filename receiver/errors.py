@@ -6,6 +6,7 @@ from typing import Literal
 
 __all__ = [
     "ConfigurationError",
+    "EnvelopeError",
     "MontraHooksError",
     "NoRetry",
     "StoreUnavailable",
@@ -36,6 +37,15 @@ class VerificationError(MontraHooksError):
     def __init__(self, code: VerificationReason, message: str) -> None:
         super().__init__(message)
         self.code: VerificationReason = code
+        self.message = message
+
+
+class EnvelopeError(MontraHooksError):
+    """A verified body that is not a Montra event; `code` is `invalid_json` or `invalid_event`."""
+
+    def __init__(self, code: Literal["invalid_json", "invalid_event"], message: str) -> None:
+        super().__init__(message)
+        self.code = code
         self.message = message
 
 

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
+from .errors import EnvelopeError
+
 __all__ = [
     "DeadCallback",
     "Event",
     "EventStatus",
     "Handler",
     "RunStatus",
+    "parse_envelope",
 ]
 
 RunStatus: TypeAlias = Literal["pending", "running", "succeeded", "failed", "dead"]
@@ -63,6 +66,17 @@ class Event:
             previous_attributes=previous if isinstance(previous, dict) else {},
             attempt=attempt,
         )
+
+
+def parse_envelope(body: bytes) -> dict[str, Any]:
+    """The event envelope in `body`, as the receiver accepts it: UTF-8 JSON, an object with a string `type`."""
+    try:
+        envelope = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        raise EnvelopeError("invalid_json", "The body is not UTF-8 JSON.") from e
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("type"), str) or not envelope["type"]:
+        raise EnvelopeError("invalid_event", 'The body is not a Montra event: it needs a string "type".')
+    return envelope
 
 
 def parse_timestamp(value: object) -> datetime | None:

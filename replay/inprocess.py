@@ -12,11 +12,11 @@ any failed, with their tracebacks.
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 
-from receiver.event import Event
+from receiver.errors import EnvelopeError
+from receiver.event import Event, parse_envelope
 from receiver.hooks import Hooks
 
 from .send import REPLAY_OF_HEADER, Outgoing, Result, replay_id
@@ -43,11 +43,9 @@ class AppTarget:
         started = time.perf_counter()
         # Refused as the receiver refuses it: only a JSON object with a string "type" is an event.
         try:
-            envelope = json.loads(event.body)
-        except ValueError:  # not UTF-8, or not JSON
-            return Result(event, sent_as, False, None, "invalid_json", 0.0, error="the body is not UTF-8 JSON")
-        if not isinstance(envelope, dict) or not isinstance(envelope.get("type"), str) or not envelope["type"]:
-            return Result(event, sent_as, False, None, "invalid_event", 0.0, error='the body has no string "type"')
+            envelope = parse_envelope(event.body)
+        except EnvelopeError as e:
+            return Result(event, sent_as, False, None, e.code, 0.0, error=e.message)
         parsed = Event.from_envelope(sent_as, envelope, event.body, headers)
         handlers = tuple(r.name for r in self.hooks.handlers_for(parsed.type))
         try:
