@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import socket
 import sqlite3
@@ -44,6 +43,7 @@ for _folder in (str(HERE), str(HERE.parent)):  # runnable alone, as bench/run.py
     if _folder not in sys.path:
         sys.path.insert(0, _folder)
 
+from _events import event_body as _body  # noqa: E402
 from ingest import SECRET, ensure_wrk, write_events  # noqa: E402
 
 from receiver import sign  # noqa: E402
@@ -113,17 +113,6 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def _body(n: int) -> bytes:
-    """A ~300-byte event of EVENT_TYPE, distinct per n."""
-    event = {
-        "type": EVENT_TYPE,
-        "timestamp": "2026-11-25T17:00:00Z",
-        "data": {"id": f"sub_bench_{n:09d}", "customer_id": "cus_01JD8Z3A1B2C3D4E5F6G7H8J9K", "quantity": 3},
-        "previous_attributes": {"quantity": 1},
-    }
-    return json.dumps(event, separators=(",", ":")).encode()
 
 
 def _wrk(wrk: str | None, url: str, prefix: Path, connections: int, seconds: int) -> dict[str, int]:

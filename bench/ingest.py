@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import math
 import os
 import re
@@ -40,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _events import event_body as _body
 
 from receiver import sign
 
@@ -127,26 +128,6 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def _body(n: int) -> bytes:
-    """A typical Montra event (~450 bytes), distinct per event as real traffic is."""
-    event = {
-        "id": f"evt_bench_{n:09d}",
-        "type": "subscription.upgraded",
-        "timestamp": "2026-11-25T17:00:00Z",
-        "data": {
-            "id": f"sub_bench_{n:09d}",
-            "customer_id": "cus_01JD8Z3A1B2C3D4E5F6G7H8J9K",
-            "pricing_model_id": "pm_pro_monthly",
-            "status": "active",
-            "quantity": 3,
-            "current_period_start": "2026-11-25T17:00:00Z",
-            "current_period_end": "2026-12-25T17:00:00Z",
-        },
-        "previous_attributes": {"pricing_model_id": "pm_starter_monthly", "quantity": 1},
-    }
-    return json.dumps(event, separators=(",", ":")).encode()
 
 
 def write_events(prefix: Path, count: int, threads: int, tag: str) -> None:

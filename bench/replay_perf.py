@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _events import event_body as _body
 
 from receiver import sign
 from receiver.sqlite_store import SQLiteStore
@@ -66,27 +67,6 @@ finally:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("PEAK_KB", peak, file=sys.stderr)
 """
-
-
-def _body(n: int) -> bytes:
-    """A typical event (~450 bytes), distinct per n."""
-    event = {
-        "id": f"evt_{n:024d}",
-        "type": "subscription.upgraded",
-        "timestamp": "2026-11-25T17:00:00Z",
-        "data": {
-            "id": f"sub_{n:014d}",
-            "customer_id": "cus_Q7mK2xVb9LdR4t",
-            "pricing_model_id": "pm_9TzR4vHc1MeK6s",
-            "status": "active",
-            "current_period_start": "2026-11-25T17:00:00Z",
-            "current_period_end": "2026-12-25T17:00:00Z",
-            "created_at": "2026-11-01T09:19:50Z",
-            "updated_at": "2026-11-25T17:00:00Z",
-        },
-        "previous_attributes": {"pricing_model_id": "pm_3fJ8kQ2nWx7LpA"},
-    }
-    return json.dumps(event).encode()
 
 
 def write_store(path: Path, count: int) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -32,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from _events import event_body as _body
 
 from receiver import sign
 from receiver.sqlite_store import SQLiteStore
@@ -50,16 +50,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _body(i: int) -> bytes:
-    event = {
-        "type": "subscription.upgraded",
-        "timestamp": "2026-11-25T17:00:00Z",
-        "data": {"id": f"sub_{i:08d}", "customer_id": "cus_01JD8Z3A1B2C3D4E5F6G7H8J9K", "quantity": i % 7 + 1},
-        "previous_attributes": {"pricing_model_id": "pm_starter_monthly"},
-    }
-    return json.dumps(event, separators=(",", ":")).encode()
 
 
 class _Process:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import statistics
 import timeit
 from collections.abc import Callable
 
+from _events import event_body
 from standardwebhooks.webhooks import Webhook
 
 from receiver.verify import Verifier, sign
@@ -29,26 +29,6 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TARGET = 2.0
 ROUNDS = 21
 CALLS = 15_000  # per contender per round: about 5 s in all
-
-
-def _event() -> bytes:
-    """A typical Montra event body (~400 bytes), serialised once as a sender would."""
-    event = {
-        "id": "evt_01JD8Z6Q4W3K2Y7B5N9M1XR0TC",
-        "type": "subscription.upgraded",
-        "timestamp": "2026-11-25T17:00:00Z",
-        "data": {
-            "id": "sub_01JD8Z5V2H7P3QK4R6S8T0UW1Y",
-            "customer_id": "cus_01JD8Z3A1B2C3D4E5F6G7H8J9K",
-            "pricing_model_id": "pm_pro_monthly",
-            "status": "active",
-            "quantity": 3,
-            "current_period_start": "2026-11-25T17:00:00Z",
-            "current_period_end": "2026-12-25T17:00:00Z",
-        },
-        "previous_attributes": {"pricing_model_id": "pm_starter_monthly", "quantity": 1},
-    }
-    return json.dumps(event, separators=(",", ":")).encode()
 
 
 def _contenders(body: bytes, headers: dict[str, str]) -> dict[str, Callable[[], object]]:
@@ -74,7 +54,7 @@ def _contenders(body: bytes, headers: dict[str, str]) -> dict[str, Callable[[], 
 
 def main() -> dict[str, float]:
     """Time the three contenders; print and return medians in microseconds per call, and the ratio."""
-    body = _event()
+    body = event_body(0)
     # Signed now: the reference library checks the timestamp against the real clock, as ours does by default.
     headers = sign(body, secret=SECRET)
     contenders = _contenders(body, headers)
