@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,29 @@ def start(serve: Serve, tmp_path: Path, *options: str, name: str | None = None) 
     return serve("--app", "recording:hooks", "--db", "events.db", "--secret", SECRET, *options, **extra)
 
 
-# One client for all: `httpx.post` builds a new SSL context per call, which costs more than the request.
-_client = httpx.Client(timeout=10.0)
+# A client per thread, kept for the module: `httpx.post` builds a new SSL context per call, which costs
+# more than the request, and one client shared by many threads under load failed with EBADF on a loaded CI.
+_clients: list[httpx.Client] = []
+_local = threading.local()
+
+
+def _client() -> httpx.Client:
+    client: httpx.Client | None = getattr(_local, "client", None)
+    if client is None:
+        client = _local.client = httpx.Client(timeout=10.0)
+        _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_clients() -> Iterator[None]:
+    yield
+    for client in _clients:
+        client.close()
 
 
 def send(server: ServerProcess, msg_id: str, event_type: str, **data: Any) -> httpx.Response:
-    return signed_post(server.url + "/webhooks", envelope(event_type, **data), SECRET, msg_id, client=_client)
+    return signed_post(server.url + "/webhooks", envelope(event_type, **data), SECRET, msg_id, client=_client())
 
 
 def tries(log: list[dict[str, Any]], phase: str = "start") -> dict[tuple[str, str], list[int]]:
@@ -117,7 +135,7 @@ def test_routing_retries_dead_and_no_retry(serve: Serve, tmp_path: Path) -> None
     response = send(server, "msg_up", "subscription.upgraded")
     assert (response.status_code, response.json()) == (200, {"id": "msg_up", "status": "duplicate"})
     wait_until(lambda: runs(db)["msg_refused", "everything"]["status"] == "succeeded", what="the re-queued run")
-    assert _client.get(server.url + "/healthz").status_code == 200
+    assert _client().get(server.url + "/healthz").status_code == 200
     log = read_log(log_path)
     assert tries(log)["msg_refused", "everything"] == [1, 1]
     assert tries(log)["msg_up", "everything"] == [1]  # succeeded runs are left alone
