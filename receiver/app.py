@@ -219,7 +219,6 @@ class MontraApp:
         await send({"type": "http.response.body", "body": body})
 
     async def _handle(self, scope: Scope, receive: Receive, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        body = b""
         declared = headers.get("content-length")
         # isascii: str.isdigit() also accepts "²", which int() refuses.
         if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self.max_body:
