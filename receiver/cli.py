@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib
 import json
 import logging
@@ -344,7 +343,7 @@ def prune(db: str, older_than: str) -> None:
 
 def event_json(event: StoredEvent) -> dict[str, Any]:
     """An event as JSON: the body as text when it is UTF-8, else as `body_b64`."""
-    out: dict[str, Any] = {
+    return {
         "seq": event.seq,
         "id": event.id,
         "type": event.type,
@@ -352,12 +351,8 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
         "occurred_at": event.occurred_at,
         "received_at": event.received_at,
         "headers": event.headers,
+        **event.body_json(),
     }
-    try:
-        out["body"] = event.body.decode("utf-8")
-    except UnicodeDecodeError:
-        out["body_b64"] = base64.b64encode(event.body).decode()
-    return out
 
 
 def _run_json(run: Any) -> dict[str, Any]:

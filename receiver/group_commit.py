@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .errors import StoreUnavailable
 
-__all__ = ["GroupCommit", "Op"]
+__all__ = ["BUSY_TIMEOUT_MS", "GroupCommit", "Op"]
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
@@ -27,7 +27,7 @@ log = logging.getLogger("montra.store")
 
 # With several processes on one file (gunicorn workers) another may hold the write lock;
 # the loop must not sleep in SQLite's busy handler, so a busy BEGIN is retried in the thread.
-_BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT_MS = 10_000
 
 
 class GroupCommit:
@@ -99,7 +99,7 @@ class GroupCommit:
                 future.set_result(result)
 
     def _begin_waiting(self) -> None:
-        self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         finally:

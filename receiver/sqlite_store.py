@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigurationError, StoreUnavailable
 from .event import RunStatus
-from .group_commit import GroupCommit
+from .group_commit import BUSY_TIMEOUT_MS, GroupCommit
 from .schema import SCHEMA_VERSION, migrate
 from .store import EventFilter, Incoming, IngestResult, Run, StoredEvent, iso, redact
 
@@ -62,7 +62,7 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the database with the pragmas every connection needs; create and migrate it when writable."""
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
         if readonly:
             conn.execute("PRAGMA query_only = ON")

@@ -7,6 +7,7 @@ receivers behind one load balancer) can stand in without them changing.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +91,13 @@ class StoredEvent:
     headers: dict[str, str]
     body: bytes
     status: EventStatus
+
+    def body_json(self) -> dict[str, str]:
+        """The exact body as JSON carries it: `{"body": text}` when it is UTF-8, else `{"body_b64": ...}`."""
+        try:
+            return {"body": self.body.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"body_b64": base64.b64encode(self.body).decode("ascii")}
 
 
 @dataclass(frozen=True, slots=True)

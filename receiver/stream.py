@@ -17,7 +17,6 @@ or newer than the newest seq ever assigned (another database); both name where i
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hmac
 import json
@@ -237,10 +236,7 @@ class _StreamResponse(Response):
 def event_frame(event: StoredEvent) -> bytes:
     """One stored event as an SSE frame: `id: seq`, `event: montra.event`, the exact body in `data`."""
     data: dict[str, Any] = {"seq": event.seq, "id": event.id, "type": event.type, "headers": redact(event.headers)}
-    try:
-        data["body"] = event.body.decode("utf-8")
-    except UnicodeDecodeError:
-        data["body_b64"] = base64.b64encode(event.body).decode("ascii")
+    data.update(event.body_json())
     return _frame("montra.event", event.seq, data)
 
 
