@@ -25,8 +25,9 @@ from .dispatch import Dispatcher, DispatchSettings
 from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, VerificationError
 from .event import parse_envelope
 from .hooks import Hooks
-from .sqlite_store import DEFAULT_DB, SQLiteStore
+from .sqlite_store import DEFAULT_DB
 from .store import Incoming, Store
+from .stores import open_store
 from .stream import DEFAULT_KEEPALIVE, EventStream
 from .verify import Verifier
 
@@ -166,7 +167,7 @@ class MontraApp:
     async def _start(self) -> None:
         if self._store is not None:
             return
-        store = self._db if not isinstance(self._db, str | os.PathLike) else SQLiteStore(self._db)
+        store = self._db if not isinstance(self._db, str | os.PathLike) else open_store(self._db)
         # Set before the first await, so concurrent first requests share this store.
         self._store = store
         self._dispatcher = Dispatcher(self.hooks, store, self.settings)

@@ -23,8 +23,9 @@ from .errors import ConfigurationError, MontraHooksError
 from .event import EventStatus
 from .hooks import Hooks, validate_pattern
 from .loopback import is_loopback
-from .sqlite_store import DEFAULT_DB, SQLiteStore, connect
-from .store import EventFilter, StoredEvent
+from .sqlite_store import DEFAULT_DB
+from .store import EventFilter, Store, StoredEvent, is_postgres_url
+from .stores import open_store, prepare_store
 
 __all__ = [
     "cli",
@@ -55,7 +56,7 @@ def db_option(fn: F) -> F:
         envvar="MONTRA_HOOKS_DB",
         default=DEFAULT_DB,
         show_default=True,
-        help="SQLite file of the event store (env MONTRA_HOOKS_DB).",
+        help="The event store: a SQLite file, or a postgresql:// URL (env MONTRA_HOOKS_DB).",
     )(fn)
 
 
@@ -101,11 +102,11 @@ def import_hooks(spec: str) -> Hooks:
     return hooks
 
 
-def open_existing_store(db: str) -> SQLiteStore:
-    if not Path(db).exists():
+def open_existing_store(db: str) -> Store:
+    if not is_postgres_url(db) and not Path(db).exists():
         raise click.UsageError(f"No event store at {db}: start `montra-hooks serve` first, or pass --db.")
     try:
-        return SQLiteStore(db)
+        return open_store(db)
     except ConfigurationError as e:
         raise click.UsageError(str(e)) from e
 
@@ -185,7 +186,7 @@ def serve(
         secret_note = f"dev secret in {DEV_SECRET_FILE}" + (" (created)" if created else "")
     hooks = import_hooks(app_spec) if app_spec else Hooks()
     try:
-        connect(db).close()  # open and migrate now, so a bad --db is one line here, not a traceback later
+        prepare_store(db)  # open and migrate now, so a bad --db is one line here, not a traceback later
         app = create_app(
             hooks,
             db=db,
@@ -287,7 +288,7 @@ def events_show(db: str, event_id: str, as_json: bool) -> None:
       montra-hooks events show msg_2Bc9XQ
     """
 
-    async def read(store: SQLiteStore) -> tuple[StoredEvent | None, list[Any]]:
+    async def read(store: Store) -> tuple[StoredEvent | None, list[Any]]:
         return await store.get_event(event_id), await store.get_runs(event_id)
 
     event, runs = _run(open_existing_store(db), read)
@@ -373,7 +374,7 @@ def _pattern(pattern: str) -> str:
         raise click.BadParameter(str(e), param_hint="--type") from e
 
 
-def _run(store: SQLiteStore, work: Callable[[SQLiteStore], Any]) -> Any:
+def _run(store: Store, work: Callable[[Store], Any]) -> Any:
     async def main() -> Any:
         try:
             return await work(store)

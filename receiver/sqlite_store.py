@@ -7,7 +7,6 @@ its own connection, so a long listing never holds up an acknowledgement.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import sqlite3
@@ -21,7 +20,7 @@ from .errors import ConfigurationError, StoreUnavailable
 from .event import RunStatus
 from .group_commit import BUSY_TIMEOUT_MS, GroupCommit
 from .schema import SCHEMA_VERSION, migrate
-from .store import EventFilter, Incoming, IngestResult, Run, StoredEvent, iso, redact
+from .store import EventFilter, Incoming, IngestResult, Run, StoredEvent, iso, iter_pages, redact, select_events_sql
 
 __all__ = ["DEFAULT_DB", "MAX_REJECTIONS", "REJECTED_BODY_BYTES", "SQLiteStore", "connect", "select_events"]
 
@@ -238,21 +237,8 @@ class SQLiteStore:
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         return await self._read(select_events, selection)
 
-    async def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
-        """Every selected event in seq order, read a page at a time: memory does not grow with the count."""
-        after = selection.after_seq
-        remaining = selection.limit
-        while remaining is None or remaining > 0:
-            size = page if remaining is None else min(page, remaining)
-            query = dataclasses.replace(selection, after_seq=after, limit=size, newest_first=False)
-            rows = await self._read(select_events, query)
-            for row in rows:
-                yield row
-            if len(rows) < size:
-                return
-            after = rows[-1].seq
-            if remaining is not None:
-                remaining -= len(rows)
+    def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
+        return iter_pages(self, selection, page=page)
 
     async def seq_bounds(self) -> tuple[int, int]:
         """(oldest seq still stored or the next one, newest seq ever assigned); (1, 0) for a new store."""
@@ -306,53 +292,8 @@ class SQLiteStore:
 
 def select_events(conn: sqlite3.Connection, selection: EventFilter) -> list[StoredEvent]:
     """Read events matching `selection`, in seq order (or newest first)."""
-    where: list[str] = []
-    params: list[Any] = []
-    if selection.ids:
-        where.append(f"id IN ({', '.join('?' * len(selection.ids))})")
-        params.extend(selection.ids)
-    if selection.types:
-        clause, type_params = type_clause(selection.types)
-        where.append(clause)
-        params.extend(type_params)
-    if selection.status:
-        where.append(f"status IN ({', '.join('?' * len(selection.status))})")
-        params.extend(selection.status)
-    for column, op, value in (
-        ("received_at", ">=", selection.since),
-        ("received_at", "<", selection.until),
-        ("seq", ">", selection.after_seq),
-        ("seq", "<=", selection.max_seq),
-    ):
-        if value is not None:
-            where.append(f"{column} {op} ?")
-            params.append(value)
-    sql = f"SELECT {_EVENT_COLUMNS} FROM events"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq DESC" if selection.newest_first else " ORDER BY seq"
-    if selection.limit is not None:
-        sql += " LIMIT ?"
-        params.append(selection.limit)
+    sql, params = select_events_sql(selection, columns=_EVENT_COLUMNS, mark="?")
     return [_event(row) for row in conn.execute(sql, params)]
-
-
-def type_clause(patterns: Sequence[str]) -> tuple[str, list[str]]:
-    """SQL matching `type` against patterns: exact, `prefix.*` (any depth below), `*`."""
-    if "*" in patterns:
-        return "1", []
-    parts: list[str] = []
-    params: list[str] = []
-    for pattern in patterns:
-        if pattern.endswith(".*"):
-            # substr, not LIKE: a type may hold `_` or `%`, which LIKE would treat as wildcards.
-            prefix = pattern[:-1]
-            parts.append("substr(type, 1, ?) = ?")
-            params.extend([str(len(prefix)), prefix])
-        else:
-            parts.append("type = ?")
-            params.append(pattern)
-    return "(" + " OR ".join(parts) + ")", params
 
 
 def _event(row: tuple[Any, ...]) -> StoredEvent:

@@ -1,17 +1,18 @@
 """What the receiver keeps, and the interface every store backend offers.
 
-SQLite (`SQLiteStore`) is the embedded default. The app, the dispatcher, the stream and the
-CLI use only the `Store` protocol below, so another backend (PostgreSQL, for several
-receivers behind one load balancer) can stand in without them changing.
+SQLite (`SQLiteStore`) is the embedded default; PostgreSQL (`PostgresStore`) serves several
+receivers behind one load balancer. The app, the dispatcher, the stream and the CLI use only
+the `Store` protocol below (`receiver.stores.open_store` picks the backend from `--db`).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from .event import EventStatus, RunStatus
 
@@ -24,8 +25,12 @@ __all__ = [
     "Run",
     "Store",
     "StoredEvent",
+    "is_postgres_url",
     "iso",
+    "iter_pages",
     "redact",
+    "select_events_sql",
+    "type_clause",
 ]
 
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -176,3 +181,77 @@ class Store(Protocol):
     async def next_due(self, handlers: Sequence[str]) -> str | None: ...
 
     async def prune(self, *, before: float) -> dict[str, int]: ...
+
+
+def is_postgres_url(db: object) -> bool:
+    """True when `--db` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+def select_events_sql(selection: EventFilter, *, columns: str, mark: str) -> tuple[str, list[Any]]:
+    """The query both backends run for `selection`, with `mark` as the parameter placeholder."""
+    where: list[str] = []
+    params: list[Any] = []
+
+    def marks(values: Sequence[Any]) -> str:
+        params.extend(values)
+        return ", ".join([mark] * len(values))
+
+    if selection.ids:
+        where.append(f"id IN ({marks(selection.ids)})")
+    if selection.types:
+        clause, type_params = type_clause(selection.types, mark=mark)
+        where.append(clause)
+        params.extend(type_params)
+    if selection.status:
+        where.append(f"status IN ({marks(selection.status)})")
+    for column, op, value in (
+        ("received_at", ">=", selection.since),
+        ("received_at", "<", selection.until),
+        ("seq", ">", selection.after_seq),
+        ("seq", "<=", selection.max_seq),
+    ):
+        if value is not None:
+            where.append(f"{column} {op} {marks([value])}")
+    sql = f"SELECT {columns} FROM events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq DESC" if selection.newest_first else " ORDER BY seq"
+    if selection.limit is not None:
+        sql += f" LIMIT {marks([selection.limit])}"
+    return sql, params
+
+
+def type_clause(patterns: Sequence[str], *, mark: str = "?") -> tuple[str, list[Any]]:
+    """SQL matching `type` against patterns: exact, `prefix.*` (any depth below), `*`."""
+    if "*" in patterns:
+        return "TRUE", []
+    parts: list[str] = []
+    params: list[Any] = []
+    for pattern in patterns:
+        if pattern.endswith(".*"):
+            # substr, not LIKE: a type may hold `_` or `%`, which LIKE would treat as wildcards.
+            prefix = pattern[:-1]
+            parts.append(f"substr(type, 1, {mark}) = {mark}")
+            params.extend([len(prefix), prefix])
+        else:
+            parts.append(f"type = {mark}")
+            params.append(pattern)
+    return "(" + " OR ".join(parts) + ")", params
+
+
+async def iter_pages(store: Store, selection: EventFilter, *, page: int) -> AsyncIterator[StoredEvent]:
+    """Every selected event in seq order, read a page at a time: memory does not grow with the count."""
+    after = selection.after_seq
+    remaining = selection.limit
+    while remaining is None or remaining > 0:
+        size = page if remaining is None else min(page, remaining)
+        query = dataclasses.replace(selection, after_seq=after, limit=size, newest_first=False)
+        rows = await store.list_events(query)
+        for row in rows:
+            yield row
+        if len(rows) < size:
+            return
+        after = rows[-1].seq
+        if remaining is not None:
+            remaining -= len(rows)

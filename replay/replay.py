@@ -21,8 +21,7 @@ from receiver.cli import db_option, import_hooks, open_existing_store, parse_whe
 from receiver.errors import ConfigurationError
 from receiver.event import EventStatus
 from receiver.hooks import validate_pattern
-from receiver.sqlite_store import SQLiteStore
-from receiver.store import EventFilter
+from receiver.store import EventFilter, Store
 
 from .inprocess import AppTarget
 from .options import allow_remote_option, check_target, open_catalogue, secret_option, signing_secret, timeout_option
@@ -166,7 +165,7 @@ class _Run:
         self.summary = Summary()
         self._failures_shown = 0
 
-    async def store(self, store: SQLiteStore, selection: EventFilter) -> bool:
+    async def store(self, store: Store, selection: EventFilter) -> bool:
         try:
             selection = await snapshot(store, selection)
             total = await count_events(store, selection) if self.progress else None

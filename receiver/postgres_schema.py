@@ -1,0 +1,141 @@
+"""The PostgreSQL schema: SQLite's tables, columns and statuses in native types, versioned in `montra_schema`.
+
+Times are `timestamptz`, headers `jsonb`, bodies `bytea`. `events.xid` records the transaction that
+stored each row: the stream serves only rows whose transaction is older than every one still
+running (see `postgres_store`), so a reader never skips an event committed out of seq order.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from .errors import ConfigurationError
+
+__all__ = ["EVENTS_LOCK", "SCHEMA_VERSION", "migrate"]
+
+MIGRATION_LOCK = 0x6D6F6E7472610001
+"""Advisory lock held while migrating: instances starting together migrate once."""
+EVENTS_LOCK = 0x6D6F6E7472610002
+"""Advisory lock held while a batch takes its transaction id and its seqs (not while it commits)."""
+
+_MIGRATIONS: list[str] = [
+    # 1: the first public schema.
+    """
+    CREATE TABLE events (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        type text NOT NULL,
+        occurred_at text,
+        received_at timestamptz NOT NULL,
+        headers jsonb NOT NULL,
+        body bytea NOT NULL,
+        status text NOT NULL DEFAULT 'unhandled',
+        xid xid8 NOT NULL DEFAULT pg_current_xact_id()
+    );
+    CREATE INDEX events_type ON events (type, seq);
+    CREATE INDEX events_status ON events (status, seq);
+    CREATE INDEX events_received_at ON events (received_at);
+
+    CREATE TABLE handler_runs (
+        event_id text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        handler text NOT NULL,
+        status text NOT NULL DEFAULT 'pending',
+        attempts integer NOT NULL DEFAULT 0,
+        last_error text,
+        next_attempt_at timestamptz,
+        lease_owner text,
+        lease_until timestamptz,
+        started_at timestamptz,
+        finished_at timestamptz,
+        duration_ms double precision,
+        PRIMARY KEY (event_id, handler)
+    );
+    -- Claims read only waiting runs and expired leases: partial indexes keep the finished history out of them.
+    CREATE INDEX handler_runs_waiting ON handler_runs (next_attempt_at) WHERE status IN ('pending', 'failed');
+    CREATE INDEX handler_runs_leased ON handler_runs (lease_until) WHERE status = 'running';
+    CREATE INDEX handler_runs_owner ON handler_runs (lease_owner) WHERE status = 'running';
+    CREATE INDEX handler_runs_handler ON handler_runs (handler, status);
+
+    CREATE TABLE rejections (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        received_at timestamptz NOT NULL,
+        reason text NOT NULL,
+        remote text,
+        headers jsonb NOT NULL,
+        body bytea
+    );
+
+    -- An event's status is derived from its runs in the database, so every writer keeps it true.
+    -- The events are locked first, in id order: a concurrent change to another run of the same
+    -- event then commits before this function reads, and (in READ COMMITTED, each statement of a
+    -- volatile function taking a new snapshot) the status it writes counts both changes.
+    CREATE FUNCTION montra_event_status(ids text[]) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        IF cardinality(ids) = 0 THEN
+            RETURN;
+        END IF;
+        PERFORM 1 FROM events WHERE id = ANY (ids) ORDER BY id FOR UPDATE;
+        UPDATE events SET status = derived.status
+        FROM (
+            SELECT e.id, CASE
+                WHEN count(r.handler) = 0 THEN 'unhandled'
+                WHEN bool_or(r.status = 'dead') THEN 'dead'
+                WHEN bool_or(r.status = 'failed') THEN 'failed'
+                WHEN bool_or(r.status IN ('pending', 'running')) THEN 'pending'
+                ELSE 'handled'
+            END AS status
+            FROM events e LEFT JOIN handler_runs r ON r.event_id = e.id
+            WHERE e.id = ANY (ids)
+            GROUP BY e.id
+        ) AS derived
+        WHERE events.id = derived.id AND events.status <> derived.status;
+    END
+    $$;
+
+    CREATE FUNCTION montra_runs_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            PERFORM montra_event_status(ARRAY(SELECT DISTINCT event_id FROM new_runs));
+        ELSIF TG_OP = 'DELETE' THEN
+            PERFORM montra_event_status(ARRAY(SELECT DISTINCT event_id FROM old_runs));
+        ELSE
+            PERFORM montra_event_status(ARRAY(
+                SELECT DISTINCT n.event_id FROM new_runs n JOIN old_runs o USING (event_id, handler)
+                WHERE n.status IS DISTINCT FROM o.status
+            ));
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+
+    CREATE TRIGGER handler_runs_inserted AFTER INSERT ON handler_runs
+        REFERENCING NEW TABLE AS new_runs FOR EACH STATEMENT EXECUTE FUNCTION montra_runs_changed();
+    CREATE TRIGGER handler_runs_updated AFTER UPDATE ON handler_runs
+        REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs
+        FOR EACH STATEMENT EXECUTE FUNCTION montra_runs_changed();
+    CREATE TRIGGER handler_runs_deleted AFTER DELETE ON handler_runs
+        REFERENCING OLD TABLE AS old_runs FOR EACH STATEMENT EXECUTE FUNCTION montra_runs_changed();
+    """,
+]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Bring the database up to SCHEMA_VERSION in one transaction; refuse a newer one."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS montra_schema (version integer NOT NULL)")
+        row = conn.execute("SELECT version FROM montra_schema").fetchone()
+        version = int(str(row[0])) if row else 0
+        if version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"The database has schema version {version}, newer than this montra-webhooks "
+                f"understands ({SCHEMA_VERSION}): upgrade montra-webhooks or use another --db."
+            )
+        for step in range(version, SCHEMA_VERSION):
+            conn.execute(_MIGRATIONS[step].encode())
+        if row is None:
+            conn.execute("INSERT INTO montra_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+        elif version < SCHEMA_VERSION:
+            conn.execute("UPDATE montra_schema SET version = %s", (SCHEMA_VERSION,))

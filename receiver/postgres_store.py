@@ -1,0 +1,446 @@
+"""The shared store: several receiver instances on one PostgreSQL database (psycopg 3, a connection pool).
+
+Same semantics as SQLite: an event is acknowledged only after its transaction commits; duplicates
+are refused by the unique `events.id`, not by a read; runs are claimed with a lease and only the
+lease holder records an outcome. Claims take rows with `FOR UPDATE SKIP LOCKED`, so instances
+never wait on each other's runs.
+
+The stream's cursor is `seq`. With concurrent writers, seqs can become visible out of order (seq 11
+committed while seq 10's transaction still runs) and a rolled-back batch leaves seqs that never
+appear. So each batch takes its transaction id (`events.xid`) and its seqs together under an advisory
+lock (released before the commit, so commits still overlap): a batch with a smaller xid then has
+smaller seqs. A reader serves only seqs up to the newest row whose transaction is older than
+`pg_snapshot_xmin`, the oldest transaction still running: every transaction below it has ended, so no
+seq at or below that row can still appear, and no reader waits for a hole that never fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+
+from .errors import ConfigurationError, StoreUnavailable
+from .event import RunStatus
+from .postgres_schema import EVENTS_LOCK, migrate
+from .store import EventFilter, Incoming, IngestResult, Run, StoredEvent, iso, iter_pages, redact, select_events_sql
+
+__all__ = ["POOL_SIZE", "PostgresStore", "redact_url"]
+
+log = logging.getLogger("montra.store")
+
+POOL_SIZE = 10
+"""Connections each instance keeps at most."""
+POOL_TIMEOUT = 10.0
+"""Seconds a request waits for a connection before it is answered 503."""
+HORIZON_WAIT = 0.2
+"""Seconds `seq_bounds` waits for transactions older than committed rows to end."""
+MAX_REJECTIONS = 1000
+REJECTED_BODY_BYTES = 4096
+
+_EVENT_COLUMNS = "seq, id, type, occurred_at, received_at, headers, body, status"
+_RUN_COLUMNS = (
+    "event_id, handler, status, attempts, last_error, next_attempt_at, lease_owner, lease_until, "
+    "started_at, finished_at, duration_ms"
+)
+# One statement stores a whole batch: new events (a duplicate id, in the table or earlier in the
+# batch, is skipped by the unique index), their runs, and a fresh cycle for dead runs of duplicates.
+_INGEST = """
+WITH batch AS (
+    SELECT * FROM unnest(
+        %(ids)s::text[], %(types)s::text[], %(occurred)s::text[], %(received)s::timestamptz[],
+        %(headers)s::jsonb[], %(bodies)s::bytea[], %(statuses)s::text[]
+    ) WITH ORDINALITY AS b (id, type, occurred_at, received_at, headers, body, status, n)
+), stored AS (
+    INSERT INTO events (id, type, occurred_at, received_at, headers, body, status)
+    SELECT id, type, occurred_at, received_at, headers, body, status FROM batch ORDER BY n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, seq
+), runs AS (
+    INSERT INTO handler_runs (event_id, handler, next_attempt_at)
+    SELECT r.event_id, r.handler, r.due
+    FROM unnest(%(run_ids)s::text[], %(run_handlers)s::text[], %(run_due)s::timestamptz[]) AS r (event_id, handler, due)
+    JOIN stored ON stored.id = r.event_id
+), requeued AS (
+    UPDATE handler_runs SET status = 'pending', attempts = 0, next_attempt_at = %(now)s, lease_owner = NULL,
+        lease_until = NULL
+    WHERE event_id = ANY (%(ids)s::text[]) AND status = 'dead'
+    RETURNING event_id
+)
+SELECT id, seq FROM stored UNION ALL SELECT event_id, NULL FROM requeued
+"""
+_WAITING = "status IN ('pending', 'failed') AND next_attempt_at <= %(now)s"
+_EXPIRED = "status = 'running' AND lease_until < %(now)s"
+_CLAIM = f"""
+WITH waiting AS (
+    SELECT event_id, handler FROM handler_runs WHERE {_WAITING} AND handler = ANY (%(handlers)s) {{event}}
+    ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT event_id, handler FROM handler_runs WHERE {_EXPIRED} AND handler = ANY (%(handlers)s) {{event}}
+    ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), due AS (
+    (SELECT * FROM waiting UNION ALL SELECT * FROM expired) LIMIT %(limit)s
+)
+UPDATE handler_runs r SET status = 'running', lease_owner = %(owner)s, lease_until = %(until)s,
+    attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, duration_ms = NULL
+FROM due WHERE r.event_id = due.event_id AND r.handler = due.handler
+RETURNING {", ".join("r." + column for column in _RUN_COLUMNS.split(", "))}
+"""
+# Every row of a seq at or below this one is final: its transaction, and every older one, has ended.
+_STREAM_HORIZON = "SELECT max(seq) FROM events WHERE xid < pg_snapshot_xmin(pg_current_snapshot())"
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password: what logs, the inspector and `store.path` show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+
+
+class PostgresStore:
+    """The `Store` on a PostgreSQL database. The schema is created or migrated when it is made."""
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        self.path = redact_url(url)
+        self._url = url
+        self._pool_size = pool_size
+        try:
+            with psycopg.connect(url, connect_timeout=10) as conn:
+                migrate(conn)
+        except psycopg.Error as e:
+            reason = str(e).strip().replace("\n", " ")
+            raise ConfigurationError(f"Cannot open the event store at {self.path}: {reason} Check --db.") from e
+        self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._batches = _Batches(self)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.path!r})"
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def ingest(self, incoming: Incoming) -> IngestResult:
+        return await self._batches.ingest(incoming)
+
+    async def _ingest_batch(self, batch: Sequence[Incoming]) -> list[IngestResult]:
+        received = [_time(item.received_at) for item in batch]
+        # Runs of an id's first delivery in the batch only: a later one is a duplicate of it.
+        firsts = {item.id: (item, at) for item, at in reversed(list(zip(batch, received, strict=True)))}
+        params = {
+            "ids": [item.id for item in batch],
+            "types": [item.type for item in batch],
+            "occurred": [item.occurred_at for item in batch],
+            "received": received,
+            "headers": [json.dumps(redact(item.headers)) for item in batch],
+            "bodies": [item.body for item in batch],
+            "statuses": ["pending" if item.handlers else "unhandled" for item in batch],
+            "run_ids": [item.id for item, _ in firsts.values() for _ in item.handlers],
+            "run_handlers": [name for item, _ in firsts.values() for name in item.handlers],
+            "run_due": [at for item, at in firsts.values() for _ in item.handlers],
+            "now": _time(time.time()),
+        }
+        async with self._connection() as conn:
+            try:
+                async with conn.transaction():
+                    # The xid and the seqs are taken together, in lock order (see the module docstring).
+                    await conn.execute("SELECT pg_advisory_lock(%s)", (EVENTS_LOCK,))
+                    rows = await (await conn.execute(_INGEST, params)).fetchall()
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (EVENTS_LOCK,))
+            except BaseException:
+                if not conn.broken:  # a session lock outlives a rolled-back transaction
+                    await conn.execute("SELECT pg_advisory_unlock_all()")
+                raise
+        stored = {event_id: seq for event_id, seq in rows if seq is not None}
+        requeued: dict[str, int] = {}
+        for event_id, seq in rows:
+            if seq is None:
+                requeued[event_id] = requeued.get(event_id, 0) + 1
+        results: list[IngestResult] = []
+        for item in batch:
+            seq = stored.pop(item.id, None)  # the first of an id in the batch is the one stored
+            if seq is not None:
+                results.append(IngestResult("stored", seq=seq))
+            else:
+                results.append(IngestResult("duplicate", requeued=requeued.pop(item.id, 0)))
+        return results
+
+    def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None:
+        row = (_time(time.time()), reason, remote, json.dumps(redact(headers)), body[:REJECTED_BODY_BYTES])
+        task = asyncio.get_running_loop().create_task(self._reject(row))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reject(self, row: tuple[Any, ...]) -> None:
+        sql = "INSERT INTO rejections (received_at, reason, remote, headers, body) VALUES (%s, %s, %s, %s, %s)"
+        prune = "DELETE FROM rejections WHERE id <= currval(pg_get_serial_sequence('rejections', 'id')) - %s"
+        try:
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute(sql, row)
+                await conn.execute(prune, (MAX_REJECTIONS,))
+        except (psycopg.Error, StoreUnavailable) as e:
+            log.error("could not record a rejected request: %s", e)
+
+    async def check_writable(self) -> bool:
+        """Write and commit for real: only a write proves the database takes writes."""
+        try:
+            await self._execute("UPDATE montra_schema SET version = version", {})
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def claim(
+        self, *, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None = None
+    ) -> list[Run]:
+        """Take up to `limit` due runs; with `event_id`, every unfinished run of it. Locked rows are skipped."""
+        if not handlers or limit <= 0:
+            return []
+        sql = _CLAIM.format(event="" if event_id is None else "AND event_id = %(event_id)s")
+        params = {
+            "owner": owner,
+            "handlers": list(handlers),
+            "now": _time(now),
+            "until": _time(now + lease),
+            "limit": limit,
+            "event_id": event_id,
+        }
+        if event_id is not None:  # inline mode: a dead run of this event is tried again too
+            sql = sql.replace(_WAITING, "status IN ('pending', 'failed', 'dead')", 1)
+        return [_run(row) for row in await self._fetch(sql, params)]
+
+    async def renew(self, *, owner: str, until: float) -> int:
+        sql = "UPDATE handler_runs SET lease_until = %s WHERE lease_owner = %s AND status = 'running'"
+        return await self._execute(sql, (_time(until), owner))
+
+    async def finish(
+        self,
+        *,
+        owner: str,
+        event_id: str,
+        handler: str,
+        status: RunStatus,
+        error: str | None,
+        next_attempt_at: float | None,
+        finished_at: float,
+        duration_ms: float,
+        attempts: int | None = None,
+    ) -> bool:
+        sql = (
+            "UPDATE handler_runs SET status = %s, last_error = %s, next_attempt_at = %s, lease_owner = NULL, "
+            "lease_until = NULL, finished_at = %s, duration_ms = %s, attempts = coalesce(%s, attempts) "
+            "WHERE event_id = %s AND handler = %s AND lease_owner = %s AND status = 'running'"
+        )
+        due = _time(next_attempt_at) if next_attempt_at is not None else None
+        params = (status, error, due, _time(finished_at), duration_ms, attempts, event_id, handler, owner)
+        return await self._execute(sql, params) == 1
+
+    async def release(self, *, owner: str) -> int:
+        sql = (
+            "UPDATE handler_runs SET status = 'pending', attempts = greatest(attempts - 1, 0), lease_owner = NULL, "
+            "lease_until = NULL, next_attempt_at = %s WHERE lease_owner = %s AND status = 'running'"
+        )
+        return await self._execute(sql, (_time(time.time()), owner))
+
+    async def requeue(
+        self, *, ids: Sequence[str] = (), handler: str | None = None, status: Sequence[str] = ("failed", "dead")
+    ) -> int:
+        where = ["status = ANY (%(status)s)"]
+        if ids:
+            where.append("event_id = ANY (%(ids)s)")
+        if handler is not None:
+            where.append("handler = %(handler)s")
+        sql = (
+            "UPDATE handler_runs SET attempts = CASE WHEN status = 'dead' THEN 0 ELSE attempts END, "
+            "status = 'pending', next_attempt_at = %(now)s, lease_owner = NULL, lease_until = NULL "
+            f"WHERE {' AND '.join(where)}"
+        )
+        params = {"status": list(status), "ids": list(ids), "handler": handler, "now": _time(time.time())}
+        return await self._execute(sql, params)
+
+    async def prune(self, *, before: float) -> dict[str, int]:
+        cutoff = _time(before)
+        async with self._connection() as conn, conn.transaction():
+            old = "SELECT id FROM events WHERE received_at < %s"
+            runs = await conn.execute(f"DELETE FROM handler_runs WHERE event_id IN ({old})", (cutoff,))
+            events = await conn.execute("DELETE FROM events WHERE received_at < %s", (cutoff,))
+            rejections = await conn.execute("DELETE FROM rejections WHERE received_at < %s", (cutoff,))
+            return {"events": events.rowcount, "handler_runs": runs.rowcount, "rejections": rejections.rowcount}
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        rows = await self.list_events(EventFilter(ids=[event_id]))
+        return rows[0] if rows else None
+
+    async def get_runs(self, event_id: str) -> list[Run]:
+        sql = f"SELECT {_RUN_COLUMNS} FROM handler_runs WHERE event_id = %s ORDER BY handler"
+        return [_run(row) for row in await self._fetch(sql, (event_id,))]
+
+    async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
+        sql, params = select_events_sql(selection, columns=_EVENT_COLUMNS, mark="%s")
+        return [_event(row) for row in await self._fetch(sql, params)]
+
+    def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
+        return iter_pages(self, selection, page=page)
+
+    async def seq_bounds(self) -> tuple[int, int]:
+        """(oldest seq still stored or the next one, newest seq a reader may serve); (1, 0) for a new store.
+
+        "Newest" is the stream horizon, not the newest row: no seq at or below it can still appear.
+        Rows already committed above it wait only for older transactions, which take milliseconds:
+        this waits for those (up to HORIZON_WAIT), so a stream serves them now, not a poll later.
+        """
+        sql = f"SELECT ({_STREAM_HORIZON}), max(seq), min(seq) FROM events"
+        deadline = time.monotonic() + HORIZON_WAIT
+        while True:
+            newest, visible, oldest = (await self._fetch(sql, ()))[0]
+            newest = newest or 0
+            if visible is None or newest >= visible or time.monotonic() >= deadline:
+                return (oldest if oldest is not None and oldest <= newest else newest + 1, newest)
+            await asyncio.sleep(0.002)
+
+    async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
+        sql = (
+            "SELECT handler, count(*) FROM handler_runs WHERE status IN ('pending', 'running', 'failed') "
+            "AND handler <> ALL (%s) GROUP BY handler ORDER BY handler"
+        )
+        return {name: count for name, count in await self._fetch(sql, (list(handlers),))}
+
+    async def next_due(self, handlers: Sequence[str]) -> str | None:
+        """When the earliest waiting run of these handlers is due (or a lease expires), or None."""
+        sql = (
+            "SELECT min(CASE WHEN status = 'running' THEN lease_until ELSE next_attempt_at END) FROM handler_runs "
+            "WHERE handler = ANY (%s) AND status IN ('pending', 'failed', 'running')"
+        )
+        due = (await self._fetch(sql, (list(handlers),)))[0][0]
+        return _iso(due)
+
+    # -- connections -----------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        async with self._connection() as conn:
+            return await (await conn.execute(sql.encode(), params)).fetchall()
+
+    async def _execute(self, sql: str, params: Any) -> int:
+        async with self._connection() as conn:
+            return (await conn.execute(sql.encode(), params)).rowcount
+
+    def _connection(self) -> _Connection:
+        return _Connection(self)
+
+    def _current_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        # A store outlives an event loop in tests (one TestClient after another): a new loop gets a new pool.
+        loop = asyncio.get_running_loop()
+        if self._pool is None or self._pool_loop is not loop:
+            self._pool = psycopg_pool.AsyncConnectionPool(
+                self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                open=False,
+                timeout=POOL_TIMEOUT,
+                kwargs={"autocommit": True},
+                name="montra",
+            )
+            self._pool_loop = loop
+        return self._pool
+
+    async def close(self) -> None:
+        await self._batches.close()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._pool is not None and self._pool_loop is asyncio.get_running_loop():
+            await self._pool.close()
+        self._pool = None
+
+
+class _Connection:
+    """`async with store._connection() as conn`: a pooled connection; every database error is StoreUnavailable."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._pool = store._current_pool()
+        self._context: Any = None
+
+    async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
+        if self._pool.closed:
+            await self._pool.open(wait=False)
+        self._context = self._pool.connection()
+        try:
+            conn: psycopg.AsyncConnection[Any] = await self._context.__aenter__()
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+            raise StoreUnavailable(f"The event store is unreachable: {e}.") from e
+        return conn
+
+    async def __aexit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        await self._context.__aexit__(kind, error, tb)
+        if isinstance(error, psycopg.Error):  # callers know the Store interface, not psycopg
+            raise StoreUnavailable(f"The event store failed: {error}.") from error
+
+
+class _Batches:
+    """Group commit for ingest: events that arrive while a batch commits wait, then go in together."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._pending: list[tuple[Incoming, asyncio.Future[IngestResult]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def ingest(self, incoming: Incoming) -> IngestResult:
+        if self._closed:
+            raise StoreUnavailable("The store is closed: the receiver is shutting down.")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IngestResult] = loop.create_future()
+        self._pending.append((incoming, future))
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._drain(), name="montra-ingest-batches")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._store._ingest_batch([item for item, _ in batch])
+            except Exception as e:  # every caller in the batch is told, then the next batch goes on
+                log.error("store write failed, batch of %d rolled back: %s", len(batch), e)
+                error = e if isinstance(e, StoreUnavailable) else StoreUnavailable(f"The event store failed: {e}.")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None and self._task.get_loop() is asyncio.get_running_loop():
+            await self._task
+
+
+def _time(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else iso(value.timestamp())
+
+
+def _event(row: tuple[Any, ...]) -> StoredEvent:
+    seq, id, type, occurred_at, received_at, headers, body, status = row
+    return StoredEvent(seq, id, type, occurred_at, _iso(received_at) or "", headers, bytes(body), status)
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    event_id, handler, status, attempts, error, due, owner, until, started, finished, duration = row
+    times = _iso(due), owner, _iso(until), _iso(started), _iso(finished)
+    return Run(event_id, handler, status, attempts, error, *times, duration)
