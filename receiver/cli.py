@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -24,7 +25,7 @@ from .event import EventStatus
 from .hooks import Hooks, validate_pattern
 from .loopback import is_loopback
 from .sqlite_store import DEFAULT_DB
-from .store import EventFilter, Store, StoredEvent, is_postgres_url
+from .store import EventFilter, Store, StoredEvent, is_postgres_url, redact_url
 from .stores import open_store, prepare_store
 
 __all__ = [
@@ -205,7 +206,7 @@ def serve(
         raise click.UsageError(str(e)) from e
     shown_host = f"[{host}]" if ":" in host else host
     click.echo(f"montra-hooks: receiving on http://{shown_host}:{port}{path}")
-    click.echo(f"  store:    {db}")
+    click.echo(f"  store:    {redact_url(db)}")
     click.echo(f"  secret:   {secret_note}")
     click.echo(f"  handlers: {', '.join(hooks.names) or 'none (events are stored, not dispatched)'}")
     click.echo("  stream:   " + ("GET /stream, token required" if stream_token else "off (--stream-token turns it on)"))
@@ -220,7 +221,8 @@ def serve(
         command = os.path.abspath(sys.argv[0]) if command.startswith("..") else command
     target = f"http://{shown_host}:{port}{path}"
     to = "" if target == "http://127.0.0.1:8000/webhooks" else f" --to {target}"
-    click.echo(f"Next, in another terminal: {command} trigger subscription.upgraded{to} && {command} events list")
+    listing = f"{command} events list" + ("" if db == DEFAULT_DB else f" --db {shlex.quote(redact_url(db))}")
+    click.echo(f"Next, in another terminal: {command} trigger subscription.upgraded{to} && {listing}")
     # uvicorn configures its own loggers only: show the dispatcher's and the handlers' too, as uvicorn shows its.
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     # Open streams end by themselves on SIGTERM, but a client that stopped reading holds its socket's

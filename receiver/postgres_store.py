@@ -17,13 +17,13 @@ seq at or below that row can still appear, and no reader waits for a hole that n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
@@ -31,9 +31,20 @@ import psycopg_pool
 from .errors import ConfigurationError, StoreUnavailable
 from .event import RunStatus
 from .postgres_schema import EVENTS_LOCK, migrate
-from .store import EventFilter, Incoming, IngestResult, Run, StoredEvent, iso, iter_pages, redact, select_events_sql
+from .store import (
+    EventFilter,
+    Incoming,
+    IngestResult,
+    Run,
+    StoredEvent,
+    iso,
+    iter_pages,
+    redact,
+    redact_url,
+    select_events_sql,
+)
 
-__all__ = ["POOL_SIZE", "PostgresStore", "redact_url"]
+__all__ = ["POOL_SIZE", "PostgresStore"]
 
 log = logging.getLogger("montra.store")
 
@@ -45,6 +56,9 @@ HORIZON_WAIT = 0.2
 """Seconds `seq_bounds` waits for transactions older than committed rows to end."""
 MAX_REJECTIONS = 1000
 REJECTED_BODY_BYTES = 4096
+
+_CHANNEL = "montra_events"
+"""What instances LISTEN on: a batch was committed (no payload; readers read the store)."""
 
 _EVENT_COLUMNS = "seq, id, type, occurred_at, received_at, headers, body, status"
 _RUN_COLUMNS = (
@@ -98,15 +112,6 @@ RETURNING {", ".join("r." + column for column in _RUN_COLUMNS.split(", "))}
 _STREAM_HORIZON = "SELECT max(seq) FROM events WHERE xid < pg_snapshot_xmin(pg_current_snapshot())"
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password: what logs, the inspector and `store.path` show."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
-
-
 class PostgresStore:
     """The `Store` on a PostgreSQL database. The schema is created or migrated when it is made."""
 
@@ -124,6 +129,8 @@ class PostgresStore:
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._batches = _Batches(self)
         self._background: set[asyncio.Task[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._announcing = False
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.path!r})"
@@ -309,6 +316,40 @@ class PostgresStore:
                 return (oldest if oldest is not None and oldest <= newest else newest + 1, newest)
             await asyncio.sleep(0.002)
 
+    def watch(self, on_stored: Callable[[], None]) -> None:
+        """LISTEN on `montra_events`: every batch committed by any instance calls `on_stored`."""
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen(on_stored), name="montra-listen")
+
+    async def _listen(self, on_stored: Callable[[], None]) -> None:
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, connect_timeout=10)
+                async with conn:
+                    await conn.execute(f"LISTEN {_CHANNEL}")
+                    on_stored()  # whatever was stored while nobody listened
+                    async for _ in conn.notifies():
+                        on_stored()
+            except psycopg.Error as e:
+                log.warning("not listening for other instances' events (the stream polls meanwhile): %s", e)
+                await asyncio.sleep(1.0)
+
+    def _announce(self) -> None:
+        """NOTIFY after a batch commits, outside its transaction: a NOTIFY inside would serialize commits."""
+        if self._announcing:
+            return  # one in flight already: it wakes listeners for this batch too
+        self._announcing = True
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _notify(self) -> None:
+        try:
+            self._announcing = False
+            await self._execute(f"NOTIFY {_CHANNEL}", ())
+        except StoreUnavailable as e:
+            log.warning("could not notify other instances (their streams poll): %s", e)
+
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
         sql = (
             "SELECT handler, count(*) FROM handler_runs WHERE status IN ('pending', 'running', 'failed') "
@@ -356,6 +397,10 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._batches.close()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._pool is not None and self._pool_loop is asyncio.get_running_loop():
@@ -420,6 +465,7 @@ class _Batches:
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+            self._store._announce()
 
     async def close(self) -> None:
         self._closed = True

@@ -251,6 +251,9 @@ class SQLiteStore:
 
         return await self._read(op)
 
+    def watch(self, on_stored: Callable[[], None]) -> None:
+        """SQLite has no cross-process notification: the stream's poll finds other processes' events."""
+
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
         names = ", ".join("?" * len(handlers))
         sql = (

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from .event import EventStatus, RunStatus
 
@@ -29,6 +30,7 @@ __all__ = [
     "iso",
     "iter_pages",
     "redact",
+    "redact_url",
     "select_events_sql",
     "type_clause",
 ]
@@ -153,6 +155,9 @@ class Store(Protocol):
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]: ...
     def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]: ...
     async def seq_bounds(self) -> tuple[int, int]: ...
+    def watch(self, on_stored: Callable[[], None]) -> None:
+        """Call `on_stored` when another process stores events (readers also poll: this only makes it sooner)."""
+        ...
 
     # Dispatching: runs are claimed with a lease, and only the lease holder records an outcome.
     # `finish(attempts=)` corrects the count a claim made when no try was started (a takeover that gives up).
@@ -186,6 +191,15 @@ class Store(Protocol):
 def is_postgres_url(db: object) -> bool:
     """True when `--db` names a PostgreSQL database rather than a SQLite file."""
     return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password: what logs, the inspector and `store.path` show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
 
 
 def select_events_sql(selection: EventFilter, *, columns: str, mark: str) -> tuple[str, list[Any]]:

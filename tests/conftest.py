@@ -22,6 +22,9 @@ import pytest
 
 from receiver import sign
 
+# PostgreSQL fixtures (postgres_url, store_url) in a module of their own; tests/ is on sys.path like conftest.
+pytest_plugins = ["postgres_support"]
+
 MONTRA_HOOKS = Path(sys.executable).parent / "montra-hooks"
 """The venv's console script (replay/cli.py has no `__main__`, so `python -m` cannot run it)."""
 
