@@ -55,6 +55,8 @@ POOL_TIMEOUT = 10.0
 HORIZON_WAIT = 0.2
 """Seconds `seq_bounds` waits for transactions older than committed rows to end."""
 MAX_REJECTIONS = 1000
+MAX_PENDING_REJECTIONS = 100
+"""Rejections being written at once; more are answered but not recorded."""
 REJECTED_BODY_BYTES = 4096
 
 _CHANNEL = "montra_events"
@@ -92,13 +94,21 @@ WITH batch AS (
 SELECT id, seq FROM stored UNION ALL SELECT event_id, NULL FROM requeued
 """
 _WAITING = "status IN ('pending', 'failed') AND next_attempt_at <= %(now)s"
+_UNFINISHED = "status IN ('pending', 'failed', 'dead')"
+"""Inline mode runs every unfinished run of its event now, a dead one included."""
 _EXPIRED = "status = 'running' AND lease_until < %(now)s"
-_CLAIM = f"""
+
+
+def _claim_sql(*, event: bool) -> str:
+    """Due runs (or one event's unfinished runs) in two index-friendly halves, each skipping rows others lock."""
+    waiting, only = (_UNFINISHED, "AND event_id = %(event_id)s") if event else (_WAITING, "")
+    returning = ", ".join("r." + column for column in _RUN_COLUMNS.split(", "))
+    return f"""
 WITH waiting AS (
-    SELECT event_id, handler FROM handler_runs WHERE {_WAITING} AND handler = ANY (%(handlers)s) {{event}}
+    SELECT event_id, handler FROM handler_runs WHERE {waiting} AND handler = ANY (%(handlers)s) {only}
     ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), expired AS (
-    SELECT event_id, handler FROM handler_runs WHERE {_EXPIRED} AND handler = ANY (%(handlers)s) {{event}}
+    SELECT event_id, handler FROM handler_runs WHERE {_EXPIRED} AND handler = ANY (%(handlers)s) {only}
     ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), due AS (
     (SELECT * FROM waiting UNION ALL SELECT * FROM expired) LIMIT %(limit)s
@@ -106,8 +116,10 @@ WITH waiting AS (
 UPDATE handler_runs r SET status = 'running', lease_owner = %(owner)s, lease_until = %(until)s,
     attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, duration_ms = NULL
 FROM due WHERE r.event_id = due.event_id AND r.handler = due.handler
-RETURNING {", ".join("r." + column for column in _RUN_COLUMNS.split(", "))}
+RETURNING {returning}
 """
+
+
 # Every row of a seq at or below this one is final: its transaction, and every older one, has ended.
 _STREAM_HORIZON = "SELECT max(seq) FROM events WHERE xid < pg_snapshot_xmin(pg_current_snapshot())"
 
@@ -160,13 +172,14 @@ class PostgresStore:
         async with self._connection() as conn:
             try:
                 async with conn.transaction():
+                    # An instance frozen while it holds the lock must not stall the others' batches for good.
+                    await conn.execute("SET LOCAL lock_timeout = '5s'")
                     # The xid and the seqs are taken together, in lock order (see the module docstring).
                     await conn.execute("SELECT pg_advisory_lock(%s)", (EVENTS_LOCK,))
                     rows = await (await conn.execute(_INGEST, params)).fetchall()
                     await conn.execute("SELECT pg_advisory_unlock(%s)", (EVENTS_LOCK,))
-            except BaseException:
-                if not conn.broken:  # a session lock outlives a rolled-back transaction
-                    await conn.execute("SELECT pg_advisory_unlock_all()")
+            except Exception:
+                await _unlock_or_close(conn)
                 raise
         stored = {event_id: seq for event_id, seq in rows if seq is not None}
         requeued: dict[str, int] = {}
@@ -183,6 +196,8 @@ class PostgresStore:
         return results
 
     def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None:
+        if len(self._background) >= MAX_PENDING_REJECTIONS:
+            return  # a flood of bad requests: their answers matter, not a row for each
         row = (_time(time.time()), reason, remote, json.dumps(redact(headers)), body[:REJECTED_BODY_BYTES])
         task = asyncio.get_running_loop().create_task(self._reject(row))
         self._background.add(task)
@@ -212,7 +227,6 @@ class PostgresStore:
         """Take up to `limit` due runs; with `event_id`, every unfinished run of it. Locked rows are skipped."""
         if not handlers or limit <= 0:
             return []
-        sql = _CLAIM.format(event="" if event_id is None else "AND event_id = %(event_id)s")
         params = {
             "owner": owner,
             "handlers": list(handlers),
@@ -221,9 +235,7 @@ class PostgresStore:
             "limit": limit,
             "event_id": event_id,
         }
-        if event_id is not None:  # inline mode: a dead run of this event is tried again too
-            sql = sql.replace(_WAITING, "status IN ('pending', 'failed', 'dead')", 1)
-        return [_run(row) for row in await self._fetch(sql, params)]
+        return [_run(row) for row in await self._fetch(_claim_sql(event=event_id is not None), params)]
 
     async def renew(self, *, owner: str, until: float) -> int:
         sql = "UPDATE handler_runs SET lease_until = %s WHERE lease_owner = %s AND status = 'running'"
@@ -309,10 +321,12 @@ class PostgresStore:
         """
         sql = f"SELECT ({_STREAM_HORIZON}), max(seq), min(seq) FROM events"
         deadline = time.monotonic() + HORIZON_WAIT
+        committed: int | None = None  # the newest row committed when we first looked: wait for that one only
         while True:
             newest, visible, oldest = (await self._fetch(sql, ()))[0]
             newest = newest or 0
-            if visible is None or newest >= visible or time.monotonic() >= deadline:
+            committed = visible if committed is None else committed
+            if committed is None or newest >= committed or time.monotonic() >= deadline:
                 return (oldest if oldest is not None and oldest <= newest else newest + 1, newest)
             await asyncio.sleep(0.002)
 
@@ -471,6 +485,17 @@ class _Batches:
         self._closed = True
         if self._task is not None and self._task.get_loop() is asyncio.get_running_loop():
             await self._task
+
+
+async def _unlock_or_close(conn: psycopg.AsyncConnection[Any]) -> None:
+    """A session lock outlives a rolled-back transaction: release it, or end the session that holds it."""
+    try:
+        if not conn.broken:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+            return
+    except psycopg.Error:
+        pass
+    await conn.close()  # the pool discards a closed connection; the server drops its locks
 
 
 def _time(t: float) -> datetime:

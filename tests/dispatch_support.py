@@ -10,8 +10,14 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+
+from receiver.store import is_postgres_url, iso
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 RECORDING_APP = Path(__file__).resolve().parent / "dispatch_apps" / "recording.py"
@@ -39,7 +45,13 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 
 def runs(db: Path | str, event_id: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
-    """`handler_runs` rows keyed by (event_id, handler), read on a connection of their own."""
+    """`handler_runs` rows keyed by (event_id, handler), read on a connection of their own (times as ISO text)."""
+    if is_postgres_url(db):
+        sql = "SELECT * FROM handler_runs" + (" WHERE event_id = %s" if event_id else "")
+        with psycopg.connect(str(db), row_factory=dict_row) as pg:
+            found = pg.execute(sql.encode(), (event_id,) if event_id else None).fetchall()
+        rows = [{k: iso(v.timestamp()) if isinstance(v, datetime) else v for k, v in row.items()} for row in found]
+        return {(row["event_id"], row["handler"]): row for row in rows}
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row
         sql = "SELECT * FROM handler_runs" + (" WHERE event_id = ?" if event_id else "")
@@ -48,6 +60,11 @@ def runs(db: Path | str, event_id: str | None = None) -> dict[tuple[str, str], d
 
 
 def event_status(db: Path | str, event_id: str) -> str:
+    if is_postgres_url(db):
+        with psycopg.connect(str(db)) as pg:
+            row = pg.execute("SELECT status FROM events WHERE id = %s", (event_id,)).fetchone()
+        assert row is not None, f"no event {event_id}"
+        return str(row[0])
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         status: str = conn.execute("SELECT status FROM events WHERE id = ?", (event_id,)).fetchone()[0]
     return status

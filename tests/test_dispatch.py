@@ -31,13 +31,14 @@ from receiver import Event, Hooks, NoRetry, create_app, sign
 from receiver.cli import cli
 from receiver.dispatch import Dispatcher, DispatchSettings
 from receiver.pacing import AcknowledgementsFirst
-from receiver.sqlite_store import SQLiteStore
 from receiver.store import Incoming
+from receiver.stores import open_store
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "events.db"
+def db(store_url: str) -> str:
+    """Every test here runs on both backends: a SQLite file, and a fresh PostgreSQL schema."""
+    return store_url
 
 
 def post(client: TestClient, body: bytes, msg_id: str) -> httpx.Response:
@@ -48,7 +49,7 @@ def seed(db: Path, msg_id: str, event_type: str, handlers: list[str]) -> None:
     """Store an event with pending runs, as a receiver that died before dispatching would leave it."""
 
     async def ingest() -> None:
-        store = SQLiteStore(db)
+        store = open_store(db)
         try:
             body = envelope(event_type)
             incoming = Incoming(msg_id, event_type, None, time.time(), {"webhook-id": msg_id}, body, handlers)
@@ -552,7 +553,7 @@ def test_a_handler_past_the_grace_period_is_interrupted_and_its_run_left_pending
             raise
 
     async def scenario() -> None:
-        store = SQLiteStore(db)
+        store = open_store(db)
         dispatcher = Dispatcher(hooks, store, DispatchSettings(concurrency=1, grace=0.05))
         try:
             await dispatcher.start()

@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 
 from receiver import ConfigurationError, create_app
 from receiver.app import MontraApp
-from receiver.sqlite_store import SQLiteStore
 from receiver.store import Incoming
+from receiver.stores import open_store
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TOKEN = "s3cret-stream-token"
@@ -30,9 +30,15 @@ def _no_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MONTRA_HOOKS_STREAM_TOKEN", raising=False)
 
 
-def make_app(tmp_path: Path, **kwargs: Any) -> MontraApp:
+@pytest.fixture
+def db(store_url: str) -> str:
+    """The stream's tests with events run on both backends: a SQLite file, and a fresh PostgreSQL schema."""
+    return store_url
+
+
+def make_app(db: str | Path, **kwargs: Any) -> MontraApp:
     kwargs.setdefault("stream_token", TOKEN)
-    return create_app(db=tmp_path / "events.db", secrets=[SECRET], **kwargs)
+    return create_app(db=db, secrets=[SECRET], **kwargs)
 
 
 def body(event_type: str, n: int) -> bytes:
@@ -92,7 +98,7 @@ def events_of(frames: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
 
 
 def test_stream_is_off_without_a_token(tmp_path: Path) -> None:
-    with TestClient(make_app(tmp_path, stream_token=None)) as client:
+    with TestClient(make_app(tmp_path / "events.db", stream_token=None)) as client:
         response = client.get("/stream", headers=AUTH)
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
@@ -104,7 +110,7 @@ def test_stream_is_off_without_a_token(tmp_path: Path) -> None:
     [{}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {TOKEN}"}, {"authorization": f"Bearer {TOKEN}x"}],
 )
 def test_a_wrong_token_is_401(tmp_path: Path, headers: dict[str, str]) -> None:
-    with TestClient(make_app(tmp_path)) as client:
+    with TestClient(make_app(tmp_path / "events.db")) as client:
         response = client.get("/stream", headers=headers)
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
@@ -114,7 +120,7 @@ def test_a_wrong_token_is_401(tmp_path: Path, headers: dict[str, str]) -> None:
 
 def test_the_token_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MONTRA_HOOKS_STREAM_TOKEN", "from-env")
-    with TestClient(make_app(tmp_path, stream_token=None)) as client:
+    with TestClient(make_app(tmp_path / "events.db", stream_token=None)) as client:
         assert client.get("/stream", headers=AUTH).status_code == 401
         with client.stream("GET", "/stream", headers={"authorization": "Bearer from-env"}) as response:
             assert response.status_code == 200
@@ -123,7 +129,7 @@ def test_the_token_comes_from_the_environment(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.parametrize("token", ["", "   "])
 def test_an_empty_token_is_a_configuration_error(tmp_path: Path, token: str) -> None:
     with pytest.raises(ConfigurationError, match="stream token is empty"):
-        make_app(tmp_path, stream_token=token)
+        make_app(tmp_path / "events.db", stream_token=token)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +143,7 @@ def test_an_empty_token_is_a_configuration_error(tmp_path: Path, token: str) -> 
     ],
 )
 def test_bad_parameters_are_400(tmp_path: Path, query: str, headers: dict[str, str], code: str) -> None:
-    with TestClient(make_app(tmp_path)) as client:
+    with TestClient(make_app(tmp_path / "events.db")) as client:
         response = client.get("/stream" + query, headers={**AUTH, **headers})
     assert response.status_code == 400
     assert response.json()["error"] == code
@@ -146,8 +152,8 @@ def test_bad_parameters_are_400(tmp_path: Path, query: str, headers: dict[str, s
 # -- frames --------------------------------------------------------------------------------------
 
 
-def test_backlog_then_live_with_exact_bodies_and_redacted_headers(tmp_path: Path) -> None:
-    with TestClient(make_app(tmp_path)) as client:
+def test_backlog_then_live_with_exact_bodies_and_redacted_headers(db: str) -> None:
+    with TestClient(make_app(db)) as client:
         for n in (1, 2, 3):
             post(client, "refund.created", n, authorization="Bearer secret-of-the-sender", cookie="a=b")
         with client.stream("GET", "/stream?since=0", headers=AUTH) as response:
@@ -173,8 +179,8 @@ def test_backlog_then_live_with_exact_bodies_and_redacted_headers(tmp_path: Path
     assert live[1]["data"]["type"] == "customer.created"
 
 
-def test_last_event_id_wins_over_since(tmp_path: Path) -> None:
-    with TestClient(make_app(tmp_path)) as client:
+def test_last_event_id_wins_over_since(db: str) -> None:
+    with TestClient(make_app(db)) as client:
         for n in (1, 2, 3):
             post(client, "refund.created", n)
         with client.stream("GET", "/stream?since=0", headers={**AUTH, "last-event-id": "2"}) as response:
@@ -182,8 +188,8 @@ def test_last_event_id_wins_over_since(tmp_path: Path) -> None:
     assert events_of(frames) == [("montra.event", "3", "msg_3")]
 
 
-def test_no_cursor_starts_at_the_live_end_and_says_where(tmp_path: Path) -> None:
-    with TestClient(make_app(tmp_path)) as client:
+def test_no_cursor_starts_at_the_live_end_and_says_where(db: str) -> None:
+    with TestClient(make_app(db)) as client:
         post(client, "refund.created", 1)
         post(client, "refund.created", 2)
         with client.stream("GET", "/stream", headers=AUTH) as response:
@@ -195,11 +201,11 @@ def test_no_cursor_starts_at_the_live_end_and_says_where(tmp_path: Path) -> None
     assert events_of(live) == [("montra.event", "3", "msg_3")]
 
 
-def test_events_stored_by_another_process_flow_and_binary_bodies_travel_as_base64(tmp_path: Path) -> None:
+def test_events_stored_by_another_process_flow_and_binary_bodies_travel_as_base64(db: str) -> None:
     raw = b'{"type": "refund.created", "note": "\xff\xfe not utf-8"}'
 
     async def store_elsewhere() -> None:
-        store = SQLiteStore(tmp_path / "events.db")
+        store = open_store(db)
         try:
             incoming = Incoming(
                 "msg_bin", "refund.created", None, time.time(), {"content-type": "application/json"}, raw
@@ -208,7 +214,7 @@ def test_events_stored_by_another_process_flow_and_binary_bodies_travel_as_base6
         finally:
             await store.close()
 
-    with TestClient(make_app(tmp_path)) as client, client.stream("GET", "/stream?since=0", headers=AUTH) as response:
+    with TestClient(make_app(db)) as client, client.stream("GET", "/stream?since=0", headers=AUTH) as response:
         frames = Frames(response)
         assert next(frames) == {"retry": "2000"}
         asyncio.run(store_elsewhere())  # no poke from the app: the stream's own poll finds it
@@ -218,8 +224,8 @@ def test_events_stored_by_another_process_flow_and_binary_bodies_travel_as_base6
     assert base64.b64decode(frame["data"]["body_b64"]) == raw
 
 
-def test_a_filtered_stream_moves_its_cursor_past_what_it_skips(tmp_path: Path) -> None:
-    with TestClient(make_app(tmp_path)) as client:
+def test_a_filtered_stream_moves_its_cursor_past_what_it_skips(db: str) -> None:
+    with TestClient(make_app(db)) as client:
         post(client, "subscription.created", 1)
         post(client, "refund.created", 2)
         post(client, "subscription.upgraded", 3)
@@ -236,8 +242,8 @@ def test_a_filtered_stream_moves_its_cursor_past_what_it_skips(tmp_path: Path) -
     assert events_of(matched) == [("montra.event", "6", "msg_6")]
 
 
-def test_a_pruned_cursor_gets_a_gap_frame_then_the_rest(tmp_path: Path) -> None:
-    app = make_app(tmp_path)
+def test_a_pruned_cursor_gets_a_gap_frame_then_the_rest(db: str) -> None:
+    app = make_app(db)
     with TestClient(app) as client:
         for n in (1, 2, 3):
             post(client, "refund.created", n)
@@ -251,8 +257,8 @@ def test_a_pruned_cursor_gets_a_gap_frame_then_the_rest(tmp_path: Path) -> None:
     assert events_of(frames[1:]) == [("montra.event", "4", "msg_4")]
 
 
-def test_a_cursor_ahead_of_the_store_gets_a_gap_frame_and_resumes_at_its_end(tmp_path: Path) -> None:
-    with TestClient(make_app(tmp_path)) as client:
+def test_a_cursor_ahead_of_the_store_gets_a_gap_frame_and_resumes_at_its_end(db: str) -> None:
+    with TestClient(make_app(db)) as client:
         post(client, "refund.created", 1)
         with client.stream("GET", "/stream", headers={**AUTH, "last-event-id": "99"}) as response:
             frames = Frames(response)
@@ -265,11 +271,11 @@ def test_a_cursor_ahead_of_the_store_gets_a_gap_frame_and_resumes_at_its_end(tmp
     assert events_of(live) == [("montra.event", "2", "msg_2")]
 
 
-def test_a_large_backlog_arrives_whole_and_in_order(tmp_path: Path) -> None:
+def test_a_large_backlog_arrives_whole_and_in_order(db: str) -> None:
     count = 1234  # more than two pages
 
     async def fill() -> None:
-        store = SQLiteStore(tmp_path / "events.db")
+        store = open_store(db)
         try:
             await asyncio.gather(
                 *(
@@ -281,14 +287,14 @@ def test_a_large_backlog_arrives_whole_and_in_order(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(fill())
-    with TestClient(make_app(tmp_path)) as client, client.stream("GET", "/stream?since=0", headers=AUTH) as response:
+    with TestClient(make_app(db)) as client, client.stream("GET", "/stream?since=0", headers=AUTH) as response:
         frames = Frames(response).take(count)
     assert [int(f["id"]) for f in frames] == list(range(1, count + 1))
     assert [f["data"]["seq"] for f in frames] == list(range(1, count + 1))
 
 
-def test_a_quiet_stream_sends_keep_alive_comments(tmp_path: Path) -> None:
-    app = make_app(tmp_path, stream_keepalive=0.05)
+def test_a_quiet_stream_sends_keep_alive_comments(db: str) -> None:
+    app = make_app(db, stream_keepalive=0.05)
     with TestClient(app) as client, client.stream("GET", "/stream?since=0", headers=AUTH) as response:
         frames = Frames(response)
         assert next(frames) == {"retry": "2000"}
