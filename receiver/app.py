@@ -259,7 +259,8 @@ class MontraApp:
         incoming = Incoming(
             id=event_id,
             type=event_type,
-            occurred_at=occurred_at if isinstance(occurred_at, str) else None,
+            # Kept as sent, unless it holds a NUL, which PostgreSQL text cannot (the body keeps every byte).
+            occurred_at=occurred_at if isinstance(occurred_at, str) and "\x00" not in occurred_at else None,
             received_at=time.time(),
             headers=headers,
             body=body,

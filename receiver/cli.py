@@ -295,7 +295,9 @@ def events_show(db: str, event_id: str, as_json: bool) -> None:
 
     event, runs = _run(open_existing_store(db), read)
     if event is None:
-        raise click.UsageError(f"No event {event_id!r} in {db}: `montra-hooks events list` shows what is stored.")
+        raise click.UsageError(
+            f"No event {event_id!r} in {redact_url(db)}: `montra-hooks events list` shows what is stored."
+        )
     if as_json:
         click.echo(json.dumps({**event_json(event), "runs": [_run_json(run) for run in runs]}))
         return

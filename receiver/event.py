@@ -76,6 +76,8 @@ def parse_envelope(body: bytes) -> dict[str, Any]:
         raise EnvelopeError("invalid_json", "The body is not UTF-8 JSON.") from e
     if not isinstance(envelope, dict) or not isinstance(envelope.get("type"), str) or not envelope["type"]:
         raise EnvelopeError("invalid_event", 'The body is not a Montra event: it needs a string "type".')
+    if not envelope["type"].isprintable():
+        raise EnvelopeError("invalid_event", 'The event "type" holds control characters: no Montra type does.')
     return envelope
 
 

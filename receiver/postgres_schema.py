@@ -56,6 +56,10 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX handler_runs_owner ON handler_runs (lease_owner) WHERE status = 'running';
     CREATE INDEX handler_runs_handler ON handler_runs (handler, status);
 
+    -- The newest seq `prune` has deleted: the stream's newest never goes below it, even with no rows left.
+    CREATE TABLE events_pruned (seq bigint NOT NULL);
+    INSERT INTO events_pruned (seq) VALUES (0);
+
     CREATE TABLE rejections (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         received_at timestamptz NOT NULL,

@@ -120,8 +120,24 @@ RETURNING {returning}
 """
 
 
-# Every row of a seq at or below this one is final: its transaction, and every older one, has ended.
-_STREAM_HORIZON = "SELECT max(seq) FROM events WHERE xid < pg_snapshot_xmin(pg_current_snapshot())"
+_SETTLED = "xid < pg_snapshot_xmin(pg_current_snapshot())"
+"""A row whose transaction, and every older one, has ended."""
+# Every row of a seq at or below this one is final. Prune deletes only settled rows, so what it
+# deleted (`events_pruned`) is below the horizon too, and keeps it up when no row is left.
+_STREAM_HORIZON = f"SELECT greatest(max(seq), (SELECT seq FROM events_pruned)) FROM events WHERE {_SETTLED}"
+# One statement, so the counts and the rows deleted agree (a run's cascade would go uncounted).
+_PRUNE = f"""
+WITH old AS (
+    SELECT id, seq FROM events WHERE received_at < %(cutoff)s AND {_SETTLED} FOR UPDATE
+), runs AS (
+    DELETE FROM handler_runs WHERE event_id IN (SELECT id FROM old) RETURNING 1
+), gone AS (
+    DELETE FROM events WHERE seq IN (SELECT seq FROM old) RETURNING seq
+), floor AS (
+    UPDATE events_pruned SET seq = greatest(seq, (SELECT max(seq) FROM gone))
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM runs)
+"""
 
 
 class PostgresStore:
@@ -289,11 +305,9 @@ class PostgresStore:
     async def prune(self, *, before: float) -> dict[str, int]:
         cutoff = _time(before)
         async with self._connection() as conn, conn.transaction():
-            old = "SELECT id FROM events WHERE received_at < %s"
-            runs = await conn.execute(f"DELETE FROM handler_runs WHERE event_id IN ({old})", (cutoff,))
-            events = await conn.execute("DELETE FROM events WHERE received_at < %s", (cutoff,))
+            events, runs = await (await conn.execute(_PRUNE, {"cutoff": cutoff})).fetchone() or (0, 0)
             rejections = await conn.execute("DELETE FROM rejections WHERE received_at < %s", (cutoff,))
-            return {"events": events.rowcount, "handler_runs": runs.rowcount, "rejections": rejections.rowcount}
+            return {"events": events, "handler_runs": runs, "rejections": rejections.rowcount}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -467,24 +481,39 @@ class _Batches:
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            try:
-                results = await self._store._ingest_batch([item for item, _ in batch])
-            except Exception as e:  # every caller in the batch is told, then the next batch goes on
-                log.error("store write failed, batch of %d rolled back: %s", len(batch), e)
-                error = e if isinstance(e, StoreUnavailable) else StoreUnavailable(f"The event store failed: {e}.")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[Incoming, asyncio.Future[IngestResult]]]) -> None:
+        try:
+            results = await self._store._ingest_batch([item for item, _ in batch])
+        except Exception as e:
+            if len(batch) > 1 and _refused(e):
+                # The server refused the data (say, a NUL in a text field): one event must not fail its
+                # neighbours, so each goes alone and only the bad one fails.
+                for one in batch:
+                    await self._commit([one])
+                return
+            log.error("store write failed, batch of %d rolled back: %s", len(batch), e)
+            error = e if isinstance(e, StoreUnavailable) else StoreUnavailable(f"The event store failed: {e}.")
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(result)
-            self._store._announce()
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+        self._store._announce()
 
     async def close(self) -> None:
         self._closed = True
         if self._task is not None and self._task.get_loop() is asyncio.get_running_loop():
             await self._task
+
+
+def _refused(error: BaseException) -> bool:
+    """The server answered and refused this data, as opposed to being unreachable, busy or deadlocked."""
+    cause = error.__cause__ if isinstance(error, StoreUnavailable) else error
+    return isinstance(cause, psycopg.DatabaseError) and not isinstance(cause, psycopg.OperationalError)
 
 
 async def _unlock_or_close(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from .event import EventStatus, RunStatus
 
@@ -194,12 +194,20 @@ def is_postgres_url(db: object) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password: what logs, the inspector and `store.path` show."""
+    """The URL without its password (user info or `password=`): what logs, the inspector and `store.path` show."""
     parts = urlsplit(url)
-    if parts.password is None:
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(name, value) for name, value in params if name != "password"]
+    if parts.password is None and len(kept) == len(params):
         return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+    netloc = parts.netloc if parts.password is None else f"{parts.username or ''}@{parts.netloc.rpartition('@')[2]}"
+    query = urlencode(kept, safe="/:", quote_via=quote)
+    # Not urlunsplit: it writes `postgresql:///db` (no host: the local socket) as `postgresql:/db`.
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
 
 
 def select_events_sql(selection: EventFilter, *, columns: str, mark: str) -> tuple[str, list[Any]]:

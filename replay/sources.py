@@ -27,8 +27,9 @@ __all__ = ["count_events", "encode_event", "fixture_events", "fixture_names", "o
 
 
 async def snapshot(store: Store, selection: EventFilter) -> EventFilter:
-    """`selection` bounded by the newest seq stored now, oldest first."""
-    _, newest = await store.seq_bounds()
+    """`selection` bounded by the newest event stored now (what a replay adds comes after it), oldest first."""
+    last = await store.list_events(EventFilter(newest_first=True, limit=1))
+    newest = last[0].seq if last else 0
     bound = newest if selection.max_seq is None else min(selection.max_seq, newest)
     return dataclasses.replace(selection, max_seq=bound, newest_first=False)
 

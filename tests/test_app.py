@@ -144,6 +144,8 @@ REJECTED: list[tuple[str, Callable[[], dict[str, str]], bytes, int, str]] = [
     ("no_type", lambda: signed(b'{"data": {}}'), b'{"data": {}}', 400, "invalid_event"),
     ("type_not_string", lambda: signed(b'{"type": 5}'), b'{"type": 5}', 400, "invalid_event"),
     ("type_empty", lambda: signed(b'{"type": ""}'), b'{"type": ""}', 400, "invalid_event"),
+    ("type_nul", lambda: signed(b'{"type": "a\\u0000b"}'), b'{"type": "a\\u0000b"}', 400, "invalid_event"),
+    ("type_newline", lambda: signed(b'{"type": "a.b\\n"}'), b'{"type": "a.b\\n"}', 400, "invalid_event"),
     ("array", lambda: signed(b'[{"type": "a.b"}]'), b'[{"type": "a.b"}]', 400, "invalid_event"),
     ("string", lambda: signed(b'"customer.created"'), b'"customer.created"', 400, "invalid_event"),
     ("null", lambda: signed(b"null"), b"null", 400, "invalid_event"),
