@@ -1,8 +1,8 @@
 """The PostgreSQL schema: SQLite's tables, columns and statuses in native types, versioned in `montra_schema`.
 
-Times are `timestamptz`, headers `jsonb`, bodies `bytea`. `events.xid` records the transaction that
-stored each row: the stream serves only rows whose transaction is older than every one still
-running (see `postgres_store`), so a reader never skips an event committed out of seq order.
+Times are `timestamptz`, headers `jsonb`, bodies `bytea`. Two functions keep the stream's cursor safe
+(see `postgres_store`): `montra_begin_batch()` marks a batch in flight before it takes any seq, and
+`montra_stream_horizon()` is the newest seq below every batch still in flight.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import psycopg
 
 from .errors import ConfigurationError
 
-__all__ = ["EVENTS_LOCK", "SCHEMA_VERSION", "migrate"]
+__all__ = ["BATCH_MARK", "SCHEMA_VERSION", "migrate"]
 
 MIGRATION_LOCK = 0x6D6F6E7472610001
 """Advisory lock held while migrating: instances starting together migrate once."""
-EVENTS_LOCK = 0x6D6F6E7472610002
-"""Advisory lock held while a batch takes its transaction id and its seqs (not while it commits)."""
+BATCH_MARK = 0x6D6F
+"""The top 16 bits of the advisory lock keys that mark batches in flight; the low 48 bits are a seq."""
 
 _MIGRATIONS: list[str] = [
     # 1: the first public schema.
@@ -29,8 +29,7 @@ _MIGRATIONS: list[str] = [
         received_at timestamptz NOT NULL,
         headers jsonb NOT NULL,
         body bytea NOT NULL,
-        status text NOT NULL DEFAULT 'unhandled',
-        xid xid8 NOT NULL DEFAULT pg_current_xact_id()
+        status text NOT NULL DEFAULT 'unhandled'
     );
     CREATE INDEX events_type ON events (type, seq);
     CREATE INDEX events_status ON events (status, seq);
@@ -55,10 +54,6 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX handler_runs_leased ON handler_runs (lease_until) WHERE status = 'running';
     CREATE INDEX handler_runs_owner ON handler_runs (lease_owner) WHERE status = 'running';
     CREATE INDEX handler_runs_handler ON handler_runs (handler, status);
-
-    -- The newest seq `prune` has deleted: the stream's newest never goes below it, even with no rows left.
-    CREATE TABLE events_pruned (seq bigint NOT NULL);
-    INSERT INTO events_pruned (seq) VALUES (0);
 
     CREATE TABLE rejections (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -112,6 +107,33 @@ _MIGRATIONS: list[str] = [
     END
     $$;
 
+    -- A batch marks itself in flight before it stores anything: a transaction-scoped advisory lock whose
+    -- key holds the newest seq handed out so far, so every seq the batch stores is above it (shared: two
+    -- batches may hold the same key). The lock ends with the transaction, committed or rolled back, and
+    -- every session sees it at once in pg_locks.
+    CREATE FUNCTION montra_begin_batch() RETURNS void LANGUAGE sql AS $$
+        SELECT pg_advisory_xact_lock_shared(
+            (BATCH_MARK::bigint << 48)
+            | coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'seq')::regclass), 0)
+        );
+    $$;
+
+    -- The newest seq a reader may serve: no seq at or below it can still appear. It reads the newest seq
+    -- handed out, then the batches in flight, in that order: a batch marked after the first read stores
+    -- seqs above that newest one, and one marked before it stays in pg_locks until it has ended.
+    CREATE FUNCTION montra_stream_horizon() RETURNS bigint LANGUAGE plpgsql AS $$
+    DECLARE
+        handed_out bigint := coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'seq')::regclass), 0);
+        in_flight bigint;
+    BEGIN
+        SELECT min(((classid::bigint << 32) | objid::bigint) & x'FFFFFFFFFFFF'::bigint) INTO in_flight
+        FROM pg_locks
+        WHERE locktype = 'advisory' AND objsubid = 1 AND classid::bigint >> 16 = BATCH_MARK
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database());
+        RETURN least(handed_out, in_flight);
+    END
+    $$;
+
     CREATE TRIGGER handler_runs_inserted AFTER INSERT ON handler_runs
         REFERENCING NEW TABLE AS new_runs FOR EACH STATEMENT EXECUTE FUNCTION montra_runs_changed();
     CREATE TRIGGER handler_runs_updated AFTER UPDATE ON handler_runs
@@ -138,7 +160,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> None:
                 f"understands ({SCHEMA_VERSION}): upgrade montra-webhooks or use another --db."
             )
         for step in range(version, SCHEMA_VERSION):
-            conn.execute(_MIGRATIONS[step].encode())
+            conn.execute(_MIGRATIONS[step].replace("BATCH_MARK", str(BATCH_MARK)).encode())
         if row is None:
             conn.execute("INSERT INTO montra_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
         elif version < SCHEMA_VERSION:

@@ -7,11 +7,12 @@ never wait on each other's runs.
 
 The stream's cursor is `seq`. With concurrent writers, seqs can become visible out of order (seq 11
 committed while seq 10's transaction still runs) and a rolled-back batch leaves seqs that never
-appear. So each batch takes its transaction id (`events.xid`) and its seqs together under an advisory
-lock (released before the commit, so commits still overlap): a batch with a smaller xid then has
-smaller seqs. A reader serves only seqs up to the newest row whose transaction is older than
-`pg_snapshot_xmin`, the oldest transaction still running: every transaction below it has ended, so no
-seq at or below that row can still appear, and no reader waits for a hole that never fills.
+appear. So a batch first marks itself in flight (`montra_begin_batch()`: a transaction-scoped advisory
+lock keyed by the newest seq handed out before any of its own), and a reader serves only seqs up to
+the horizon (`montra_stream_horizon()`): the newest seq handed out, or the oldest in-flight mark. No
+seq at or below it can still appear, holes below it are final, and only our own batches, which take
+milliseconds, hold it back: writers never wait for each other, and other transactions on the server
+never hold up the stream.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import psycopg_pool
 
 from .errors import ConfigurationError, StoreUnavailable
 from .event import RunStatus
-from .postgres_schema import EVENTS_LOCK, migrate
+from .postgres_schema import migrate
 from .store import (
     EventFilter,
     Incoming,
@@ -120,21 +121,15 @@ RETURNING {returning}
 """
 
 
-_SETTLED = "xid < pg_snapshot_xmin(pg_current_snapshot())"
-"""A row whose transaction, and every older one, has ended."""
-# Every row of a seq at or below this one is final. Prune deletes only settled rows, so what it
-# deleted (`events_pruned`) is below the horizon too, and keeps it up when no row is left.
-_STREAM_HORIZON = f"SELECT greatest(max(seq), (SELECT seq FROM events_pruned)) FROM events WHERE {_SETTLED}"
-# One statement, so the counts and the rows deleted agree (a run's cascade would go uncounted).
-_PRUNE = f"""
+# One statement, so the counts and the rows deleted agree (a run's cascade would go uncounted). Only
+# rows below the stream horizon: a batch still in flight is not the past, whatever its received_at.
+_PRUNE = """
 WITH old AS (
-    SELECT id, seq FROM events WHERE received_at < %(cutoff)s AND {_SETTLED} FOR UPDATE
+    SELECT id, seq FROM events WHERE received_at < %(cutoff)s AND seq <= %(horizon)s FOR UPDATE
 ), runs AS (
     DELETE FROM handler_runs WHERE event_id IN (SELECT id FROM old) RETURNING 1
 ), gone AS (
     DELETE FROM events WHERE seq IN (SELECT seq FROM old) RETURNING seq
-), floor AS (
-    UPDATE events_pruned SET seq = greatest(seq, (SELECT max(seq) FROM gone))
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM runs)
 """
@@ -185,18 +180,9 @@ class PostgresStore:
             "run_due": [at for item, at in firsts.values() for _ in item.handlers],
             "now": _time(time.time()),
         }
-        async with self._connection() as conn:
-            try:
-                async with conn.transaction():
-                    # An instance frozen while it holds the lock must not stall the others' batches for good.
-                    await conn.execute("SET LOCAL lock_timeout = '5s'")
-                    # The xid and the seqs are taken together, in lock order (see the module docstring).
-                    await conn.execute("SELECT pg_advisory_lock(%s)", (EVENTS_LOCK,))
-                    rows = await (await conn.execute(_INGEST, params)).fetchall()
-                    await conn.execute("SELECT pg_advisory_unlock(%s)", (EVENTS_LOCK,))
-            except Exception:
-                await _unlock_or_close(conn)
-                raise
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT montra_begin_batch()")  # in flight, before any seq of ours
+            rows = await (await conn.execute(_INGEST, params)).fetchall()
         stored = {event_id: seq for event_id, seq in rows if seq is not None}
         requeued: dict[str, int] = {}
         for event_id, seq in rows:
@@ -305,7 +291,9 @@ class PostgresStore:
     async def prune(self, *, before: float) -> dict[str, int]:
         cutoff = _time(before)
         async with self._connection() as conn, conn.transaction():
-            events, runs = await (await conn.execute(_PRUNE, {"cutoff": cutoff})).fetchone() or (0, 0)
+            [(horizon,)] = await (await conn.execute("SELECT montra_stream_horizon()")).fetchall()
+            params = {"cutoff": cutoff, "horizon": horizon}
+            events, runs = await (await conn.execute(_PRUNE, params)).fetchone() or (0, 0)
             rejections = await conn.execute("DELETE FROM rejections WHERE received_at < %s", (cutoff,))
             return {"events": events, "handler_runs": runs, "rejections": rejections.rowcount}
 
@@ -330,10 +318,10 @@ class PostgresStore:
         """(oldest seq still stored or the next one, newest seq a reader may serve); (1, 0) for a new store.
 
         "Newest" is the stream horizon, not the newest row: no seq at or below it can still appear.
-        Rows already committed above it wait only for older transactions, which take milliseconds:
+        Rows already committed above it wait only for batches in flight, which take milliseconds:
         this waits for those (up to HORIZON_WAIT), so a stream serves them now, not a poll later.
         """
-        sql = f"SELECT ({_STREAM_HORIZON}), max(seq), min(seq) FROM events"
+        sql = "SELECT montra_stream_horizon(), max(seq), min(seq) FROM events"
         deadline = time.monotonic() + HORIZON_WAIT
         committed: int | None = None  # the newest row committed when we first looked: wait for that one only
         while True:
@@ -342,7 +330,7 @@ class PostgresStore:
             committed = visible if committed is None else committed
             if committed is None or newest >= committed or time.monotonic() >= deadline:
                 return (oldest if oldest is not None and oldest <= newest else newest + 1, newest)
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.005)
 
     def watch(self, on_stored: Callable[[], None]) -> None:
         """LISTEN on `montra_events`: every batch committed by any instance calls `on_stored`."""
@@ -514,17 +502,6 @@ def _refused(error: BaseException) -> bool:
     """The server answered and refused this data, as opposed to being unreachable, busy or deadlocked."""
     cause = error.__cause__ if isinstance(error, StoreUnavailable) else error
     return isinstance(cause, psycopg.DatabaseError) and not isinstance(cause, psycopg.OperationalError)
-
-
-async def _unlock_or_close(conn: psycopg.AsyncConnection[Any]) -> None:
-    """A session lock outlives a rolled-back transaction: release it, or end the session that holds it."""
-    try:
-        if not conn.broken:
-            await conn.execute("SELECT pg_advisory_unlock_all()")
-            return
-    except psycopg.Error:
-        pass
-    await conn.close()  # the pool discards a closed connection; the server drops its locks
 
 
 def _time(t: float) -> datetime:

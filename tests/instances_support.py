@@ -27,7 +27,6 @@ from dispatch_support import wait_until
 from postgres_support import pg_query
 
 from receiver import sign
-from receiver.postgres_schema import EVENTS_LOCK
 
 STREAM_TOKEN = "stream-token-of-the-instances"
 PASSWORD = "pw-that-must-not-show"
@@ -158,8 +157,8 @@ def _parse(raw: bytes) -> dict[str, Any]:
 class StalledWriter:
     """A writer stalled between its INSERT and its COMMIT, as a batch whose instance hangs there would be.
 
-    It does what `PostgresStore._ingest_batch` does: takes EVENTS_LOCK, inserts an event (its seq and its
-    transaction id together), releases the lock, and then waits: until `commit()` or `rollback()`.
+    It does what `PostgresStore._ingest_batch` does: marks itself in flight (`montra_begin_batch()`), inserts
+    an event (taking its seq), and then waits: until `commit()` or `rollback()`.
     """
 
     def __init__(self, url: str) -> None:
@@ -167,12 +166,11 @@ class StalledWriter:
 
     def insert(self, event_id: str, event_type: str, body: bytes) -> int:
         """Store one event in the open transaction; return its seq."""
-        self._conn.execute("SELECT pg_advisory_lock(%s)", (EVENTS_LOCK,))
+        self._conn.execute("SELECT montra_begin_batch()")
         row = self._conn.execute(
             "INSERT INTO events (id, type, received_at, headers, body) VALUES (%s, %s, now(), %s, %s) RETURNING seq",
             (event_id, event_type, json.dumps({"webhook-id": event_id}), body),
         ).fetchone()
-        self._conn.execute("SELECT pg_advisory_unlock(%s)", (EVENTS_LOCK,))
         assert row is not None
         seq: int = row[0]
         return seq
