@@ -146,11 +146,12 @@ class PostgresStore:
             with psycopg.connect(url, connect_timeout=10) as conn:
                 migrate(conn)
         except psycopg.Error as e:
-            reason = str(e).strip().replace("\n", " ")
+            reason = " ".join(str(e).split())  # libpq's message spans lines, with tabs
             raise ConfigurationError(f"Cannot open the event store at {self.path}: {reason} Check --db.") from e
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._batches = _Batches(self)
+        self._rejecting: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._announcing = False
@@ -198,12 +199,12 @@ class PostgresStore:
         return results
 
     def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None:
-        if len(self._background) >= MAX_PENDING_REJECTIONS:
+        if len(self._rejecting) >= MAX_PENDING_REJECTIONS:
             return  # a flood of bad requests: their answers matter, not a row for each
         row = (_time(time.time()), reason, remote, json.dumps(redact(headers)), body[:REJECTED_BODY_BYTES])
         task = asyncio.get_running_loop().create_task(self._reject(row))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._rejecting.add(task)
+        task.add_done_callback(self._rejecting.discard)
 
     async def _reject(self, row: tuple[Any, ...]) -> None:
         sql = "INSERT INTO rejections (received_at, reason, remote, headers, body) VALUES (%s, %s, %s, %s, %s)"
@@ -304,7 +305,7 @@ class PostgresStore:
         return rows[0] if rows else None
 
     async def get_runs(self, event_id: str) -> list[Run]:
-        sql = f"SELECT {_RUN_COLUMNS} FROM handler_runs WHERE event_id = %s ORDER BY handler"
+        sql = f"SELECT {_RUN_COLUMNS} FROM handler_runs WHERE event_id = %s ORDER BY handler COLLATE \"C\""
         return [_run(row) for row in await self._fetch(sql, (event_id,))]
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
@@ -369,7 +370,7 @@ class PostgresStore:
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
         sql = (
             "SELECT handler, count(*) FROM handler_runs WHERE status IN ('pending', 'running', 'failed') "
-            "AND handler <> ALL (%s) GROUP BY handler ORDER BY handler"
+            "AND handler <> ALL (%s) GROUP BY handler ORDER BY handler COLLATE \"C\""
         )
         return {name: count for name, count in await self._fetch(sql, (list(handlers),))}
 
@@ -417,8 +418,8 @@ class PostgresStore:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._rejecting or self._background:
+            await asyncio.gather(*self._rejecting, *self._background, return_exceptions=True)
         if self._pool is not None and self._pool_loop is asyncio.get_running_loop():
             await self._pool.close()
         self._pool = None
