@@ -6,11 +6,14 @@ they claim (verify, store, one row per event), and that a short ingest run store
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import query, signed_post
+from postgres_support import ENV, HOW_TO_GET_ONE, pg_query, postgres_base_url
 from starlette.testclient import TestClient
 
 from receiver import Verifier
@@ -90,3 +93,47 @@ def test_a_short_ingest_run_stores_every_acknowledged_event(capsys: pytest.Captu
     assert "WARNING" not in out
     assert {"a_rps", "b_rps", "c_rps", "c_p50_ms", "c_p99_ms", "ratio_c_over_a", "ratio_c_over_b"} <= set(figures)
     assert all(figures[f"{key}_rps"] > 0 for key in "abc")
+
+
+@pytest.mark.timeout(120)
+def test_a_short_postgres_ingest_run_stores_every_acknowledged_event(capsys: pytest.CaptureFixture[str]) -> None:
+    import ingest_postgres
+
+    base = postgres_base_url()
+    if base is None:
+        if os.environ.get(ENV):
+            pytest.fail(f"{ENV} is set but the server does not answer", pytrace=False)
+        pytest.skip(f"no PostgreSQL server: {HOW_TO_GET_ONE}")
+    argv = ["--rounds", "1", "--seconds", "1", "--warmup", "1", "--connections", "4", "--load", "python"]
+    figures = ingest_postgres.main([*argv, "--postgres", base])  # raises if any store lost an acknowledged event
+    out = capsys.readouterr().out
+    assert "stored: every run's 2xx answers are rows in its store" in out
+    assert "WARNING" not in out
+    assert re.search(r"^ {4}\(c\)( +\d+\.\d\d){6}( +\d+\.\d{3}){2}$", out, re.MULTILINE), out  # the CPU table
+    assert set(figures) == {
+        *(f"{key}_{name}" for key in "abc" for name in ("rps", "p50_ms", "p99_ms")),
+        "ratio_b_over_a",
+        "ratio_c_over_a",
+        "ratio_c_over_b",
+    }
+    assert all(figures[f"{key}_rps"] > 0 for key in "abc")
+    schemas = re.findall(r"\bbench_[0-9a-f]{8}_[bc]\b", out)
+    assert len(set(schemas)) == 2
+    assert pg_query(base, "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (schemas,)) == []
+
+
+def test_without_a_postgres_server_the_benchmark_says_how_to_get_one_and_the_suite_passes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import run
+
+    monkeypatch.setenv("MONTRA_BENCH_POSTGRES_URL", "postgresql:///montra_test?host=/nonexistent")
+    assert run.main(["ingest_postgres"]) == 0
+    out = capsys.readouterr().out
+    (skipped,) = [line for line in out.splitlines() if line.startswith("ingest_postgres:")]
+    assert re.fullmatch(
+        r"ingest_postgres: skipped: no PostgreSQL server \(postgresql:///montra_test\?host=/nonexistent: [^;]+\); "
+        r"to get one: set MONTRA_BENCH_POSTGRES_URL=postgresql://USER@HOST/DB, or run \.ci/run .*createdb montra_test`",
+        skipped,
+    ), skipped
+    assert "ingest_postgres." not in out.split("== figures", 1)[1]  # no figures, and no crash
