@@ -95,6 +95,46 @@ def test_a_stalled_writer_holds_the_horizon_until_it_ends(
         assert seen["served"] == [(1, "evt_first"), (3, "evt_later")]
 
 
+def test_the_stores_own_batch_holds_the_horizon_until_it_commits(
+    postgres_url: str, raw: psycopg.Connection[Any]
+) -> None:
+    """The real batch statement, held after it has taken its seq: another instance's later seq must wait for it."""
+    run(postgres_url, lambda store: store.check_writable())  # creates the schema
+    # A trigger parks the INSERT of `evt_slow` (its seq already taken) on a lock this test holds.
+    pg_query(
+        postgres_url,
+        "CREATE FUNCTION park() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.id = 'evt_slow' THEN "
+        "PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); END IF; RETURN NEW; END $$; "
+        "CREATE TRIGGER park BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION park()",
+    )
+    raw.execute("SELECT pg_advisory_lock(4242)")
+
+    async def work(store: Store) -> dict[str, Any]:
+        other = open_store(postgres_url)  # another instance
+        try:
+            slow = asyncio.ensure_future(store.ingest(incoming("evt_slow", at=time.time())))
+            parked = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            for _ in range(1000):  # until the batch waits in the trigger, its seq taken
+                if pg_query(postgres_url, parked) != [(0,)]:
+                    break
+                await asyncio.sleep(0.01)
+            seen: dict[str, Any] = {"fast": (await other.ingest(incoming("evt_fast", at=time.time()))).seq}
+            seen["parked"] = await other.seq_bounds()
+            raw.execute("SELECT pg_advisory_unlock(4242)")
+            seen["slow"] = (await slow).seq
+            seen["after"] = await bounds_reaching(other, 2)
+            seen["served"] = [(e.seq, e.id) for e in await other.list_events(EventFilter(max_seq=2))]
+            return seen
+        finally:
+            await other.close()
+
+    seen = run(postgres_url, work)
+    assert (seen["slow"], seen["fast"]) == (1, 2)
+    assert seen["parked"] == (1, 0)  # seq 2 is committed, but seq 1 may still appear: nothing is served yet
+    assert seen["after"] == (1, 2)
+    assert seen["served"] == [(1, "evt_slow"), (2, "evt_fast")]
+
+
 def test_a_reader_following_the_horizon_misses_nothing_while_writers_commit_out_of_order(postgres_url: str) -> None:
     """Six writers commit batches after random pauses (so seqs commit out of order, and some roll back) while a
     reader moves its cursor to each horizon it is given, as /stream does: it must get every committed seq once."""
