@@ -75,8 +75,9 @@ def create_app(
 
     >>> app = create_app(hooks, db="montra-events.db", secrets=["whsec_..."])
 
-    `secrets` default to env `MONTRA_HOOKS_SECRETS`; `db` to env `MONTRA_HOOKS_DB`, then
-    `montra-events.db`. Mounted, pass `app.lifespan` to the parent (`FastAPI(lifespan=app.lifespan)`).
+    `secrets` default to env `MONTRA_HOOKS_SECRETS`; `db` (a SQLite file, or a `postgresql://` URL for
+    several instances on one database) to env `MONTRA_HOOKS_DB`, then `montra-events.db`.
+    Mounted, pass `app.lifespan` to the parent (`FastAPI(lifespan=app.lifespan)`).
     `stream_token` (default env `MONTRA_HOOKS_STREAM_TOKEN`) turns on `GET /stream`, the tunnel's source.
     `inspect=True` (or an `inspect_token`, default env `MONTRA_HOOKS_INSPECT_TOKEN`) turns on the `/inspect` pages.
     """
