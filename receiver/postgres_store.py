@@ -33,6 +33,8 @@ from .errors import ConfigurationError, StoreUnavailable
 from .event import RunStatus
 from .postgres_schema import migrate
 from .store import (
+    MAX_REJECTIONS,
+    REJECTED_BODY_BYTES,
     EventFilter,
     Incoming,
     IngestResult,
@@ -55,10 +57,8 @@ POOL_TIMEOUT = 10.0
 """Seconds a request waits for a connection before it is answered 503."""
 HORIZON_WAIT = 0.2
 """Seconds `seq_bounds` waits for transactions older than committed rows to end."""
-MAX_REJECTIONS = 1000
 MAX_PENDING_REJECTIONS = 100
 """Rejections being written at once; more are answered but not recorded."""
-REJECTED_BODY_BYTES = 4096
 
 _CHANNEL = "montra_events"
 """What instances LISTEN on: a batch was committed (no payload; readers read the store)."""

@@ -20,15 +20,23 @@ from .errors import ConfigurationError, StoreUnavailable
 from .event import RunStatus
 from .group_commit import BUSY_TIMEOUT_MS, GroupCommit
 from .schema import SCHEMA_VERSION, migrate
-from .store import EventFilter, Incoming, IngestResult, Run, StoredEvent, iso, iter_pages, redact, select_events_sql
+from .store import (
+    MAX_REJECTIONS,
+    REJECTED_BODY_BYTES,
+    EventFilter,
+    Incoming,
+    IngestResult,
+    Run,
+    StoredEvent,
+    iso,
+    iter_pages,
+    redact,
+    select_events_sql,
+)
 
-__all__ = ["DEFAULT_DB", "MAX_REJECTIONS", "REJECTED_BODY_BYTES", "SQLiteStore", "connect", "select_events"]
+__all__ = ["DEFAULT_DB", "SQLiteStore", "connect", "select_events"]
 
 DEFAULT_DB = "montra-events.db"
-MAX_REJECTIONS = 1000
-"""`rejections` keeps the newest this many rows."""
-REJECTED_BODY_BYTES = 4096
-"""A rejected request's body is kept only this far, for diagnosis."""
 
 T = TypeVar("T")
 

@@ -18,7 +18,9 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from .event import EventStatus, RunStatus
 
 __all__ = [
+    "MAX_REJECTIONS",
     "REDACTED",
+    "REJECTED_BODY_BYTES",
     "SENSITIVE_HEADERS",
     "EventFilter",
     "Incoming",
@@ -34,6 +36,11 @@ __all__ = [
     "select_events_sql",
     "type_clause",
 ]
+
+MAX_REJECTIONS = 1000
+"""`rejections` keeps the newest this many rows."""
+REJECTED_BODY_BYTES = 4096
+"""A rejected request's body is kept only this far, for diagnosis."""
 
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 REDACTED = "[redacted]"

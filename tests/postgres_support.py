@@ -21,11 +21,13 @@ import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode
 
 import psycopg
 import pytest
 from psycopg import sql as pgsql
+
+from receiver.store import redact_url
 
 ENV = "MONTRA_TEST_POSTGRES_URL"
 """The server CI provides; when it is set, a server that does not answer fails the tests instead of skipping them."""
@@ -47,15 +49,6 @@ HOW_TO_GET_ONE = (
 )
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages in a CI log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _connects(url: str) -> str | None:
     """None if `url` connects, else why not (one line)."""
     try:
@@ -63,7 +56,7 @@ def _connects(url: str) -> str | None:
             conn.execute("SELECT 1")
     except psycopg.Error as e:
         lines = str(e).strip().splitlines()  # libpq adds hint lines ("Is the server running...?"): the first says it
-        return f"{_redact(url)}: {lines[0] if lines else type(e).__name__}"
+        return f"{redact_url(url)}: {lines[0] if lines else type(e).__name__}"
     return None
 
 

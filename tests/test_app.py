@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from receiver import create_app, sign
 from receiver import sqlite_store as sqlite_store_module
 from receiver.app import DEFAULT_MAX_BODY, MAX_HEADER_BYTES, MontraApp
-from receiver.sqlite_store import REJECTED_BODY_BYTES
+from receiver.store import REJECTED_BODY_BYTES
 from receiver.verify import generate_secret
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
