@@ -31,7 +31,9 @@ import psycopg_pool
 
 from .errors import ConfigurationError, StoreUnavailable
 from .event import RunStatus
+from .postgres_batches import Batches
 from .postgres_schema import migrate
+from .postgres_sql import EVENT_COLUMNS, INGEST, PRUNE, RUN_COLUMNS, claim_sql
 from .store import (
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
@@ -63,82 +65,6 @@ MAX_PENDING_REJECTIONS = 100
 _CHANNEL = "montra_events"
 """What instances LISTEN on: a batch was committed (no payload; readers read the store)."""
 
-_EVENT_COLUMNS = "seq, id, type, occurred_at, received_at, headers, body, status"
-_RUN_COLUMNS = (
-    "event_id, handler, status, attempts, last_error, next_attempt_at, lease_owner, lease_until, "
-    "started_at, finished_at, duration_ms"
-)
-# One statement stores a whole batch, in one round trip and one transaction of its own: the batch
-# marks itself in flight (the join with `mark` reads it before the first row is stored), then new
-# events (a duplicate id, in the table or earlier in the batch, is skipped by the unique index),
-# their runs, and a fresh cycle for dead runs of duplicates. Binary parameters (%b) skip the
-# escaping of text arrays, the costliest step in the client.
-_INGEST = """
-WITH mark AS (
-    SELECT montra_begin_batch()
-), batch AS (
-    SELECT * FROM unnest(
-        %(ids)b::text[], %(types)b::text[], %(occurred)b::text[], %(received)b::timestamptz[],
-        %(headers)b::jsonb[], %(bodies)b::bytea[], %(statuses)b::text[]
-    ) WITH ORDINALITY AS b (id, type, occurred_at, received_at, headers, body, status, n)
-), stored AS (
-    INSERT INTO events (id, type, occurred_at, received_at, headers, body, status)
-    SELECT id, type, occurred_at, received_at, headers, body, status FROM batch, mark ORDER BY n
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id, seq
-), runs AS (
-    INSERT INTO handler_runs (event_id, handler, next_attempt_at)
-    SELECT r.event_id, r.handler, r.due
-    FROM unnest(%(run_ids)b::text[], %(run_handlers)b::text[], %(run_due)b::timestamptz[]) AS r (event_id, handler, due)
-    JOIN stored ON stored.id = r.event_id
-), requeued AS (
-    UPDATE handler_runs SET status = 'pending', attempts = 0, next_attempt_at = %(now)b, lease_owner = NULL,
-        lease_until = NULL
-    WHERE event_id = ANY (%(ids)b::text[]) AND status = 'dead'
-    RETURNING event_id
-)
-SELECT id, seq FROM stored UNION ALL SELECT event_id, NULL FROM requeued
-"""
-_WAITING = "status IN ('pending', 'failed') AND next_attempt_at <= %(now)s"
-_UNFINISHED = "status IN ('pending', 'failed', 'dead')"
-"""Inline mode runs every unfinished run of its event now, a dead one included."""
-_EXPIRED = "status = 'running' AND lease_until < %(now)s"
-
-
-def _claim_sql(*, event: bool) -> str:
-    """Due runs (or one event's unfinished runs) in two index-friendly halves, each skipping rows others lock."""
-    waiting, only = (_UNFINISHED, "AND event_id = %(event_id)s") if event else (_WAITING, "")
-    returning = ", ".join("r." + column for column in _RUN_COLUMNS.split(", "))
-    return f"""
-WITH waiting AS (
-    SELECT event_id, handler FROM handler_runs WHERE {waiting} AND handler = ANY (%(handlers)s) {only}
-    ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), expired AS (
-    SELECT event_id, handler FROM handler_runs WHERE {_EXPIRED} AND handler = ANY (%(handlers)s) {only}
-    ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), due AS (
-    (SELECT * FROM waiting UNION ALL SELECT * FROM expired) LIMIT %(limit)s
-)
-UPDATE handler_runs r SET status = 'running', lease_owner = %(owner)s, lease_until = %(until)s,
-    attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, duration_ms = NULL
-FROM due WHERE r.event_id = due.event_id AND r.handler = due.handler
-RETURNING {returning}
-"""
-
-
-# One statement, so the counts and the rows deleted agree (a run's cascade would go uncounted). Only
-# rows below the stream horizon: a batch still in flight is not the past, whatever its received_at.
-_PRUNE = """
-WITH old AS (
-    SELECT id, seq FROM events WHERE received_at < %(cutoff)s AND seq <= %(horizon)s FOR UPDATE
-), runs AS (
-    DELETE FROM handler_runs WHERE event_id IN (SELECT id FROM old) RETURNING 1
-), gone AS (
-    DELETE FROM events WHERE seq IN (SELECT seq FROM old) RETURNING seq
-)
-SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM runs)
-"""
-
 
 class PostgresStore:
     """The `Store` on a PostgreSQL database. The schema is created or migrated when it is made."""
@@ -155,7 +81,7 @@ class PostgresStore:
             raise ConfigurationError(f"Cannot open the event store at {self.path}: {reason} Check --db.") from e
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
-        self._batches = _Batches(self)
+        self._batches = Batches(self._ingest_batch, on_committed=self._announce)
         self._rejecting: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -187,7 +113,7 @@ class PostgresStore:
             "now": _time(time.time()),
         }
         async with self._connection() as conn:  # autocommit: the statement commits before it answers
-            rows = await (await conn.execute(_INGEST, params)).fetchall()
+            rows = await (await conn.execute(INGEST, params)).fetchall()
         stored = {event_id: seq for event_id, seq in rows if seq is not None}
         requeued: dict[str, int] = {}
         for event_id, seq in rows:
@@ -242,7 +168,7 @@ class PostgresStore:
             "limit": limit,
             "event_id": event_id,
         }
-        return [_run(row) for row in await self._fetch(_claim_sql(event=event_id is not None), params)]
+        return [_run(row) for row in await self._fetch(claim_sql(event=event_id is not None), params)]
 
     async def renew(self, *, owner: str, until: float) -> int:
         sql = "UPDATE handler_runs SET lease_until = %s WHERE lease_owner = %s AND status = 'running'"
@@ -298,7 +224,7 @@ class PostgresStore:
         async with self._connection() as conn, conn.transaction():
             [(horizon,)] = await (await conn.execute("SELECT montra_stream_horizon()")).fetchall()
             params = {"cutoff": cutoff, "horizon": horizon}
-            events, runs = await (await conn.execute(_PRUNE, params)).fetchone() or (0, 0)
+            events, runs = await (await conn.execute(PRUNE, params)).fetchone() or (0, 0)
             rejections = await conn.execute("DELETE FROM rejections WHERE received_at < %s", (cutoff,))
             return {"events": events, "handler_runs": runs, "rejections": rejections.rowcount}
 
@@ -309,11 +235,11 @@ class PostgresStore:
         return rows[0] if rows else None
 
     async def get_runs(self, event_id: str) -> list[Run]:
-        sql = f'SELECT {_RUN_COLUMNS} FROM handler_runs WHERE event_id = %s ORDER BY handler COLLATE "C"'
+        sql = f'SELECT {RUN_COLUMNS} FROM handler_runs WHERE event_id = %s ORDER BY handler COLLATE "C"'
         return [_run(row) for row in await self._fetch(sql, (event_id,))]
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
-        sql, params = select_events_sql(selection, columns=_EVENT_COLUMNS, mark="%s")
+        sql, params = select_events_sql(selection, columns=EVENT_COLUMNS, mark="%s")
         return [_event(row) for row in await self._fetch(sql, params)]
 
     def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
@@ -450,63 +376,6 @@ class _Connection:
         await self._context.__aexit__(kind, error, tb)
         if isinstance(error, psycopg.Error):  # callers know the Store interface, not psycopg
             raise StoreUnavailable(f"The event store failed: {error}.") from error
-
-
-class _Batches:
-    """Group commit for ingest: events that arrive while a batch commits wait, then go in together."""
-
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-        self._pending: list[tuple[Incoming, asyncio.Future[IngestResult]]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def ingest(self, incoming: Incoming) -> IngestResult:
-        if self._closed:
-            raise StoreUnavailable("The store is closed: the receiver is shutting down.")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[IngestResult] = loop.create_future()
-        self._pending.append((incoming, future))
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._drain(), name="montra-ingest-batches")
-        return await future
-
-    async def _drain(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[tuple[Incoming, asyncio.Future[IngestResult]]]) -> None:
-        try:
-            results = await self._store._ingest_batch([item for item, _ in batch])
-        except Exception as e:
-            if len(batch) > 1 and _refused(e):
-                # The server refused the data (say, a NUL in a text field): one event must not fail its
-                # neighbours, so each goes alone and only the bad one fails.
-                for one in batch:
-                    await self._commit([one])
-                return
-            log.error("store write failed, batch of %d rolled back: %s", len(batch), e)
-            error = e if isinstance(e, StoreUnavailable) else StoreUnavailable(f"The event store failed: {e}.")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-        self._store._announce()
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._task is not None and self._task.get_loop() is asyncio.get_running_loop():
-            await self._task
-
-
-def _refused(error: BaseException) -> bool:
-    """The server answered and refused this data, as opposed to being unreachable, busy or deadlocked."""
-    cause = error.__cause__ if isinstance(error, StoreUnavailable) else error
-    return isinstance(cause, psycopg.DatabaseError) and not isinstance(cause, psycopg.OperationalError)
 
 
 def _time(t: float) -> datetime:

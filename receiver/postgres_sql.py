@@ -1,0 +1,81 @@
+"""The statements the PostgreSQL store runs that are more than a line: a batch, a claim, a prune."""
+
+from __future__ import annotations
+
+__all__ = ["EVENT_COLUMNS", "INGEST", "PRUNE", "RUN_COLUMNS", "claim_sql"]
+
+EVENT_COLUMNS = "seq, id, type, occurred_at, received_at, headers, body, status"
+RUN_COLUMNS = (
+    "event_id, handler, status, attempts, last_error, next_attempt_at, lease_owner, lease_until, "
+    "started_at, finished_at, duration_ms"
+)
+# One statement stores a whole batch, in one round trip and one transaction of its own: the batch
+# marks itself in flight (the join with `mark` reads it before the first row is stored), then new
+# events (a duplicate id, in the table or earlier in the batch, is skipped by the unique index),
+# their runs, and a fresh cycle for dead runs of duplicates. Binary parameters (%b) skip the
+# escaping of text arrays, the costliest step in the client.
+INGEST = """
+WITH mark AS (
+    SELECT montra_begin_batch()
+), batch AS (
+    SELECT * FROM unnest(
+        %(ids)b::text[], %(types)b::text[], %(occurred)b::text[], %(received)b::timestamptz[],
+        %(headers)b::jsonb[], %(bodies)b::bytea[], %(statuses)b::text[]
+    ) WITH ORDINALITY AS b (id, type, occurred_at, received_at, headers, body, status, n)
+), stored AS (
+    INSERT INTO events (id, type, occurred_at, received_at, headers, body, status)
+    SELECT id, type, occurred_at, received_at, headers, body, status FROM batch, mark ORDER BY n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, seq
+), runs AS (
+    INSERT INTO handler_runs (event_id, handler, next_attempt_at)
+    SELECT r.event_id, r.handler, r.due
+    FROM unnest(%(run_ids)b::text[], %(run_handlers)b::text[], %(run_due)b::timestamptz[]) AS r (event_id, handler, due)
+    JOIN stored ON stored.id = r.event_id
+), requeued AS (
+    UPDATE handler_runs SET status = 'pending', attempts = 0, next_attempt_at = %(now)b, lease_owner = NULL,
+        lease_until = NULL
+    WHERE event_id = ANY (%(ids)b::text[]) AND status = 'dead'
+    RETURNING event_id
+)
+SELECT id, seq FROM stored UNION ALL SELECT event_id, NULL FROM requeued
+"""
+_WAITING = "status IN ('pending', 'failed') AND next_attempt_at <= %(now)s"
+_UNFINISHED = "status IN ('pending', 'failed', 'dead')"
+"""Inline mode runs every unfinished run of its event now, a dead one included."""
+_EXPIRED = "status = 'running' AND lease_until < %(now)s"
+
+
+def claim_sql(*, event: bool) -> str:
+    """Due runs (or one event's unfinished runs) in two index-friendly halves, each skipping rows others lock."""
+    waiting, only = (_UNFINISHED, "AND event_id = %(event_id)s") if event else (_WAITING, "")
+    returning = ", ".join("r." + column for column in RUN_COLUMNS.split(", "))
+    return f"""
+WITH waiting AS (
+    SELECT event_id, handler FROM handler_runs WHERE {waiting} AND handler = ANY (%(handlers)s) {only}
+    ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT event_id, handler FROM handler_runs WHERE {_EXPIRED} AND handler = ANY (%(handlers)s) {only}
+    ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), due AS (
+    (SELECT * FROM waiting UNION ALL SELECT * FROM expired) LIMIT %(limit)s
+)
+UPDATE handler_runs r SET status = 'running', lease_owner = %(owner)s, lease_until = %(until)s,
+    attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, duration_ms = NULL
+FROM due WHERE r.event_id = due.event_id AND r.handler = due.handler
+RETURNING {returning}
+"""
+
+
+# One statement, so the counts and the rows deleted agree (a run's cascade would go uncounted). Only
+# rows below the stream horizon: a batch still in flight is not the past, whatever its received_at.
+PRUNE = """
+WITH old AS (
+    SELECT id, seq FROM events WHERE received_at < %(cutoff)s AND seq <= %(horizon)s FOR UPDATE
+), runs AS (
+    DELETE FROM handler_runs WHERE event_id IN (SELECT id FROM old) RETURNING 1
+), gone AS (
+    DELETE FROM events WHERE seq IN (SELECT seq FROM old) RETURNING seq
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM runs)
+"""
