@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +16,11 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from postgres_support import pg_query, postgres_base_url
 from test_store_contract import bounds_reaching, finish, incoming
 
+from receiver.cli import cli
 from receiver.errors import ConfigurationError, StoreUnavailable
 from receiver.event import RunStatus
 from receiver.postgres_schema import SCHEMA_VERSION
@@ -433,3 +436,14 @@ async def until_writable(store: Store) -> None:
         if await store.check_writable():
             return
     raise AssertionError("the store did not recover from its connections being cut")
+
+
+def test_without_psycopg_a_postgres_url_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "receiver.postgres_store", raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    result = CliRunner().invoke(cli, ["events", "list", "--db", "postgresql://db.internal/billing"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "Error: --db names a PostgreSQL database, but psycopg is not installed: "
+        "pip install 'montra-webhooks[postgres]'."
+    )
