@@ -58,7 +58,7 @@ POOL_SIZE = 10
 POOL_TIMEOUT = 10.0
 """Seconds a request waits for a connection before it is answered 503."""
 HORIZON_WAIT = 0.2
-"""Seconds `seq_bounds` waits for transactions older than committed rows to end."""
+"""Seconds `seq_bounds` waits for batches in flight below already committed rows to commit."""
 MAX_PENDING_REJECTIONS = 100
 """Rejections being written at once; more are answered but not recorded."""
 
