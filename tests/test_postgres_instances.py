@@ -372,3 +372,49 @@ def test_the_database_password_stays_out_of_cli_errors(postgres_url: str) -> Non
     assert missing.exit_code == 2
     assert PASSWORD not in missing.output
     assert f"No event 'msg_nope' in {url.replace(f':{PASSWORD}@', '@')}:" in missing.output
+
+
+# -- the database connection cut under load -------------------------------------------------------------------------
+
+
+def test_connections_cut_mid_load_lose_no_acknowledged_event_and_the_receiver_recovers(
+    postgres_url: str, serve: Serve
+) -> None:
+    """Every connection of the receiver's is terminated by the server while events arrive (a failover, a restart):
+    requests in flight may get 503 `store_unavailable`, never a 2xx for an event that is not stored, never a 500;
+    the pool reconnects and the receiver goes on."""
+    server = serve("--db", postgres_url, "--secret", SECRET, name="receiver")
+    url = server.url + "/webhooks"
+    count = 400
+    answers: dict[str, tuple[int, str]] = {}
+    lock = threading.Lock()
+
+    def sender(jobs: range) -> None:
+        with httpx.Client(timeout=10.0) as client:
+            for n in jobs:
+                msg_id = f"msg_{n:04d}"
+                response = signed_post(url, envelope("refund.created"), SECRET, msg_id, client=client)
+                body = response.json()
+                with lock:
+                    answers[msg_id] = (response.status_code, body.get("status") or body.get("error"))
+
+    cut = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    )
+    with ThreadPoolExecutor(4) as pool:
+        senders = [pool.submit(sender, range(i, count, 4)) for i in range(4)]
+        for third in (1, 2):
+            wait_until(lambda third=third: len(answers) >= count * third // 3, what="events to be answered")
+            assert pg_query(postgres_url, cut)[0][0] >= 1  # the pool's connections and the LISTEN one
+        for future in senders:
+            future.result()
+
+    assert set(answers.values()) <= {(200, "stored"), (503, "store_unavailable")}
+    acknowledged = sorted(msg_id for msg_id, answer in answers.items() if answer == (200, "stored"))
+    assert len(acknowledged) >= count // 2
+    stored = [event_id for (event_id,) in pg_query(postgres_url, "SELECT id FROM events ORDER BY id")]
+    assert set(acknowledged) <= set(stored)  # a 503 may still have committed: the sender's retry is a duplicate
+    response = signed_post(url, envelope("refund.created"), SECRET, "msg_after")
+    assert (response.status_code, response.json()) == (200, {"id": "msg_after", "status": "stored"})
+    assert server.running
