@@ -173,7 +173,8 @@ class MontraApp:
         self._store = store
         self._dispatcher = Dispatcher(self.hooks, store, self.settings)
         self.stream.open()
-        store.watch(self.stream.notify)  # events other instances store reach this one's streams at once
+        if self.stream.enabled:
+            store.watch(self.stream.notify)  # events other instances store reach this one's streams at once
         await self._dispatcher.start(background=not self.inline)
 
     async def _stop(self) -> None:

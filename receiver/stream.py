@@ -74,6 +74,11 @@ class EventStream:
         self._exit_watch: asyncio.Task[None] | None = None
         self.closed = False
 
+    @property
+    def enabled(self) -> bool:
+        """Whether `GET /stream` is on (it has a token)."""
+        return self._token is not None
+
     def open(self) -> None:
         """Start afresh (a new lifespan, maybe on a new event loop)."""
         self._wakeup = None
