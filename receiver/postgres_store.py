@@ -77,8 +77,8 @@ class PostgresStore:
             with psycopg.connect(url, connect_timeout=10) as conn:
                 migrate(conn)
         except psycopg.Error as e:
-            reason = " ".join(str(e).split())  # libpq's message spans lines, with tabs
-            raise ConfigurationError(f"Cannot open the event store at {self.path}: {reason.rstrip('.')}. Check --db.") from e
+            reason = " ".join(str(e).split()).rstrip(".")  # libpq's message spans lines, with tabs
+            raise ConfigurationError(f"Cannot open the event store at {self.path}: {reason}. Check --db.") from e
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._batches = Batches(self._ingest_batch, on_committed=self._announce)
