@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _events import event_body as _body
@@ -81,6 +82,17 @@ def _free_port() -> int:
         return port
 
 
+def settle(rows: Callable[[], int]) -> int:
+    """Wait until the row count stops growing (requests in flight when the load stopped); return it."""
+    last = rows()
+    while True:
+        time.sleep(0.25)
+        now = rows()
+        if now == last:
+            return now
+        last = now
+
+
 class _Server:
     """One contender's uvicorn process, its log in the run's temporary folder."""
 
@@ -113,13 +125,7 @@ class _Server:
 
     def settle(self) -> int:
         """Wait until requests still in flight when the load stopped are answered; return the row count."""
-        last = self.rows()
-        while True:
-            time.sleep(0.25)
-            now = self.rows()
-            if now == last:
-                return now
-            last = now
+        return settle(self.rows)
 
     def stop(self) -> None:
         self.process.terminate()

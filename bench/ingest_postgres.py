@@ -39,7 +39,6 @@ import sqlite3
 import statistics
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode
@@ -52,7 +51,7 @@ for _folder in (str(HERE), str(HERE.parent)):  # runnable alone, as bench/run.py
 import _cpu  # noqa: E402
 
 # ingest.py's server process and load run, reused so both benchmarks drive their servers alike.
-from ingest import SECRET, _load, _Server, ensure_wrk, write_events  # noqa: E402
+from ingest import SECRET, _load, _Server, ensure_wrk, settle, write_events  # noqa: E402
 
 from receiver.store import is_postgres_url, redact_url  # noqa: E402
 
@@ -113,13 +112,7 @@ class _Contender:
 
     def settle(self) -> int:
         """Wait until requests still in flight when the load stopped are stored; return the row count."""
-        last = self.rows()
-        while True:
-            time.sleep(0.25)
-            now = self.rows()
-            if now == last:
-                return now
-            last = now
+        return settle(self.rows)
 
 
 class _Runner:

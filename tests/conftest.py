@@ -6,6 +6,7 @@ Append new shared fixtures here; keep each one small and documented.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -38,6 +39,21 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def sse_frame(raw: bytes) -> dict[str, Any]:
+    """One Server-Sent Events frame (no blank line) as a dict: `data` parsed as JSON, a comment as `comment`."""
+    frame: dict[str, Any] = {}
+    for line in raw.decode("ascii").split("\n"):
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "":
+            frame["comment"] = value
+        elif field == "data":
+            frame["data"] = json.loads(value)
+        else:
+            frame[field] = value
+    return frame
 
 
 def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
+from conftest import sse_frame
 from dispatch_support import wait_until
 from postgres_support import pg_query
 
@@ -106,7 +107,7 @@ class StreamTap:
                     buffer += chunk
                     while b"\n\n" in buffer:
                         raw, buffer = buffer.split(b"\n\n", 1)
-                        self.frames.append(_parse(raw))
+                        self.frames.append(sse_frame(raw))
                 self.ended = "the server ended the stream"
         except httpx.HTTPError as e:  # kept for the assertion that reads `ended`, not raised into the event loop
             self.ended = e
@@ -138,20 +139,6 @@ class StreamTap:
             return seq in self.event_seqs()
 
         await wait_for(arrived, what=f"seq {seq} from {self.name} (has {self.event_seqs()})")
-
-
-def _parse(raw: bytes) -> dict[str, Any]:
-    frame: dict[str, Any] = {}
-    for line in raw.decode("ascii").split("\n"):
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "":
-            frame["comment"] = value
-        elif field == "data":
-            frame["data"] = json.loads(value)
-        else:
-            frame[field] = value
-    return frame
 
 
 class StalledWriter:

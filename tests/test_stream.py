@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ServerProcess, signed_post
+from conftest import ServerProcess, signed_post, sse_frame
 from starlette.testclient import TestClient
 
 from receiver import ConfigurationError, create_app
@@ -66,17 +66,7 @@ class Frames:
         while b"\n\n" not in self._buffer:
             self._buffer += next(self._chunks)
         raw, self._buffer = self._buffer.split(b"\n\n", 1)
-        frame: dict[str, Any] = {}
-        for line in raw.decode("ascii").split("\n"):
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "":
-                frame["comment"] = value
-            elif field == "data":
-                frame["data"] = json.loads(value)
-            else:
-                frame[field] = value
-        return frame
+        return sse_frame(raw)
 
     def take(self, count: int) -> list[dict[str, Any]]:
         """The next `count` frames that carry an event (comments and a lone `retry:` are not counted)."""
