@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from postgres_support import pg_query, postgres_base_url
-from test_store_contract import bounds_reaching, finish, incoming
+from test_store_contract import bounds_reaching, finish, incoming, run
 
 from receiver.cli import cli
 from receiver.errors import ConfigurationError, StoreUnavailable
@@ -29,19 +29,6 @@ from receiver.store import EventFilter, Store
 from receiver.stores import open_store
 
 T = TypeVar("T")
-
-
-def run(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Open a store on `url`, run `work` on one event loop, always close the store."""
-
-    async def main() -> T:
-        store = open_store(url)
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 @pytest.fixture
