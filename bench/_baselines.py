@@ -29,8 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver import VerificationError, Verifier
-from receiver.sqlite_store import connect
-from receiver.store import iso, redact
+from receiver.stores.protocol import iso, redact
+from receiver.stores.sqlite.store import connect
 
 _INSERT = (
     "INSERT INTO events (id, type, occurred_at, received_at, headers, body) VALUES (?, ?, ?, ?, ?, ?) "

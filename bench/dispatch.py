@@ -47,8 +47,8 @@ from _events import event_body as _body  # noqa: E402
 from ingest import SECRET, ensure_wrk, write_events  # noqa: E402
 
 from receiver import sign  # noqa: E402
-from receiver.sqlite_store import SQLiteStore  # noqa: E402
-from receiver.store import Incoming  # noqa: E402
+from receiver.stores.protocol import Incoming  # noqa: E402
+from receiver.stores.sqlite.store import SQLiteStore  # noqa: E402
 
 TARGET_RATIO = 0.8
 EVENT_TYPE = "subscription.upgraded"  # the type of bench/ingest.py's events

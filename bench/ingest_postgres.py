@@ -53,7 +53,7 @@ import _cpu  # noqa: E402
 # ingest.py's server process and load run, reused so both benchmarks drive their servers alike.
 from ingest import SECRET, _load, _Server, ensure_wrk, settle, write_events  # noqa: E402
 
-from receiver.store import is_postgres_url, redact_url  # noqa: E402
+from receiver.stores.open import is_postgres_url, redact_url  # noqa: E402
 
 ENV = "MONTRA_BENCH_POSTGRES_URL"
 LOCAL_URLS = ("postgresql:///montra_test", "postgresql:///postgres")

@@ -38,8 +38,8 @@ import httpx
 from _events import event_body as _body
 
 from receiver import sign
-from receiver.sqlite_store import SQLiteStore
-from receiver.store import EventFilter, iso
+from receiver.stores.protocol import EventFilter, iso
+from receiver.stores.sqlite.store import SQLiteStore
 from replay.report import Summary
 from replay.send import HttpTarget, pump
 from replay.sources import snapshot, stored_events

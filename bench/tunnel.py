@@ -34,8 +34,8 @@ import httpx
 from _events import event_body as _body
 
 from receiver import sign
-from receiver.sqlite_store import SQLiteStore
-from receiver.store import Incoming
+from receiver.stores.protocol import Incoming
+from receiver.stores.sqlite.store import SQLiteStore
 
 RELAY_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 LOCAL_SECRET = "whsec_bG9jYWwtc2VjcmV0LWZvci10aGUtYmVuY2g="

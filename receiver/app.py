@@ -25,9 +25,8 @@ from .dispatch import Dispatcher, DispatchSettings
 from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, VerificationError
 from .event import parse_envelope
 from .hooks import Hooks
-from .sqlite_store import DEFAULT_DB
-from .store import Incoming, Store
-from .stores import open_store
+from .stores.open import DEFAULT_DB, open_store
+from .stores.protocol import Incoming, Store
 from .stream import DEFAULT_KEEPALIVE, EventStream
 from .verify import Verifier
 
@@ -314,7 +313,7 @@ class MontraApp:
     def _inspector_routes(self, inspect: bool, token: str | None) -> list[BaseRoute]:
         if not inspect:
             return []
-        from .inspector import Inspector  # imported only when on: it brings Jinja2
+        from .inspector.pages import Inspector  # imported only when on: it brings Jinja2
 
         return Inspector(self, token=token).routes()
 

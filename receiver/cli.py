@@ -24,9 +24,8 @@ from .errors import ConfigurationError, MontraHooksError
 from .event import EventStatus
 from .hooks import Hooks, validate_pattern
 from .loopback import is_loopback
-from .sqlite_store import DEFAULT_DB
-from .store import EventFilter, Store, StoredEvent, is_postgres_url, redact_url
-from .stores import open_store, prepare_store
+from .stores.open import DEFAULT_DB, is_postgres_url, open_store, prepare_store, redact_url
+from .stores.protocol import EventFilter, Store, StoredEvent
 
 __all__ = [
     "cli",

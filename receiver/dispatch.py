@@ -27,7 +27,7 @@ from .errors import NoRetry, StoreUnavailable
 from .event import Event, RunStatus
 from .hooks import Hooks, Registration, is_async_callable
 from .pacing import AcknowledgementsFirst
-from .store import EventFilter, Run, Store
+from .stores.protocol import EventFilter, Run, Store
 
 __all__ = ["BACKOFF_SCHEDULE", "DispatchSettings", "Dispatcher", "retry_delay"]
 

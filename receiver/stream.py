@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from .errors import ConfigurationError, StoreUnavailable
 from .hooks import validate_pattern
-from .store import EventFilter, Store, StoredEvent, redact
+from .stores.protocol import EventFilter, Store, StoredEvent, redact
 
 __all__ = ["DEFAULT_KEEPALIVE", "PAGE_SIZE", "RETRY_MS", "EventStream", "event_frame"]
 

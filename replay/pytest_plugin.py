@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from receiver.app import MontraApp
     from receiver.hooks import Hooks
-    from receiver.store import Run, Store, StoredEvent
+    from receiver.stores.protocol import Run, Store, StoredEvent
 
     from .fixtures import Catalogue
 
@@ -128,7 +128,7 @@ class MontraTestApp:
 
     def events(self) -> list[StoredEvent]:
         """Every stored event, oldest first."""
-        from receiver.store import EventFilter
+        from receiver.stores.protocol import EventFilter
 
         return self._call(self.app.store.list_events, EventFilter())
 

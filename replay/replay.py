@@ -21,7 +21,7 @@ from receiver.cli import db_option, import_hooks, open_existing_store, parse_whe
 from receiver.errors import ConfigurationError
 from receiver.event import EventStatus
 from receiver.hooks import validate_pattern
-from receiver.store import EventFilter, Store
+from receiver.stores.protocol import EventFilter, Store
 
 from .inprocess import AppTarget
 from .options import allow_remote_option, check_target, open_catalogue, secret_option, signing_secret, timeout_option

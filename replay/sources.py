@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.hooks import matches
-from receiver.store import EventFilter, Store
+from receiver.stores.protocol import EventFilter, Store
 
 from .fixtures import Catalogue
 from .paths import FixtureError

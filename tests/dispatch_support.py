@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 
-from receiver.store import is_postgres_url, iso
+from receiver.stores.open import is_postgres_url
+from receiver.stores.protocol import iso
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 RECORDING_APP = Path(__file__).resolve().parent / "dispatch_apps" / "recording.py"

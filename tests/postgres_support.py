@@ -27,7 +27,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from receiver.store import redact_url
+from receiver.stores.open import redact_url
 
 ENV = "MONTRA_TEST_POSTGRES_URL"
 """The server CI provides; when it is set, a server that does not answer fails the tests instead of skipping them."""

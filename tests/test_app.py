@@ -18,9 +18,9 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from receiver import create_app, sign
-from receiver import sqlite_store as sqlite_store_module
 from receiver.app import DEFAULT_MAX_BODY, MAX_HEADER_BYTES, MontraApp
-from receiver.store import REJECTED_BODY_BYTES
+from receiver.stores.protocol import REJECTED_BODY_BYTES
+from receiver.stores.sqlite import store as sqlite_store_module
 from receiver.verify import generate_secret
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import query
 
-from receiver.sqlite_store import SQLiteStore
-from receiver.store import Incoming
+from receiver.stores.protocol import Incoming
+from receiver.stores.sqlite.store import SQLiteStore
 from replay.cli import cli
 
 DAY = 86400.0

@@ -31,8 +31,8 @@ from receiver import Event, Hooks, NoRetry, create_app, sign
 from receiver.cli import cli
 from receiver.dispatch import Dispatcher, DispatchSettings
 from receiver.pacing import AcknowledgementsFirst
-from receiver.store import Incoming
-from receiver.stores import open_store
+from receiver.stores.open import open_store
+from receiver.stores.protocol import Incoming
 
 
 @pytest.fixture

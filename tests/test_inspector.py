@@ -16,8 +16,8 @@ from starlette.testclient import TestClient
 
 from receiver import Event, Hooks, create_app
 from receiver.app import MontraApp
-from receiver.inspector import highlight_json
-from receiver.inspector_access import SESSION_COOKIE, InspectorAccess, is_loopback_host
+from receiver.inspector.access import SESSION_COOKIE, InspectorAccess, is_loopback_host
+from receiver.inspector.pages import highlight_json
 from receiver.loopback import is_loopback_address
 from replay.cli import cli
 

@@ -9,7 +9,7 @@ from starlette.testclient import TestClient
 from test_inspector import ORIGIN, deliver, local_client
 
 from receiver import Event, Hooks, create_app
-from receiver.store import redact_url
+from receiver.stores.open import redact_url
 
 
 def user(url: str) -> str:

@@ -23,10 +23,10 @@ from test_store_contract import bounds_reaching, finish, incoming, run
 from receiver.cli import cli
 from receiver.errors import ConfigurationError, StoreUnavailable
 from receiver.event import RunStatus
-from receiver.postgres_schema import SCHEMA_VERSION
-from receiver.postgres_store import MAX_PENDING_REJECTIONS
-from receiver.store import EventFilter, Store
-from receiver.stores import open_store
+from receiver.stores.open import open_store
+from receiver.stores.postgres.schema import SCHEMA_VERSION
+from receiver.stores.postgres.store import MAX_PENDING_REJECTIONS
+from receiver.stores.protocol import EventFilter, Store
 
 T = TypeVar("T")
 
@@ -426,7 +426,7 @@ async def until_writable(store: Store) -> None:
 
 
 def test_without_psycopg_a_postgres_url_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "receiver.postgres_store", raising=False)
+    monkeypatch.delitem(sys.modules, "receiver.stores.postgres.store", raising=False)
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
     result = CliRunner().invoke(cli, ["events", "list", "--db", "postgresql://db.internal/billing"])
     assert result.exit_code == 2

@@ -19,8 +19,8 @@ from conftest import MONTRA_HOOKS, ServerProcess, query
 from standardwebhooks.webhooks import Webhook
 
 from receiver import sign
-from receiver.sqlite_store import SQLiteStore
-from receiver.store import Incoming, iso
+from receiver.stores.protocol import Incoming, iso
+from receiver.stores.sqlite.store import SQLiteStore
 from replay.cli import cli
 from replay.report import Summary
 from replay.send import Outgoing, Result, pump

@@ -13,9 +13,9 @@ import pytest
 from conftest import query
 
 from receiver.errors import ConfigurationError, StoreUnavailable
-from receiver.schema import SCHEMA_VERSION
-from receiver.sqlite_store import SQLiteStore
-from receiver.store import EventFilter, Incoming
+from receiver.stores.protocol import EventFilter, Incoming
+from receiver.stores.sqlite.schema import SCHEMA_VERSION
+from receiver.stores.sqlite.store import SQLiteStore
 
 T = TypeVar("T")
 
@@ -321,7 +321,7 @@ def test_listing_filters(db: Path) -> None:
 def test_iso_matches_datetime_formatting(t: float) -> None:
     from datetime import UTC, datetime
 
-    from receiver.store import iso
+    from receiver.stores.protocol import iso
 
     assert iso(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -22,8 +22,8 @@ from conftest import query
 from postgres_support import pg_query
 
 from receiver.event import RunStatus
-from receiver.store import EventFilter, Incoming, Store, is_postgres_url, iso
-from receiver.stores import open_store
+from receiver.stores.open import is_postgres_url, open_store
+from receiver.stores.protocol import EventFilter, Incoming, Store, iso
 
 T = TypeVar("T")
 

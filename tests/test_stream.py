@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 
 from receiver import ConfigurationError, create_app
 from receiver.app import MontraApp
-from receiver.store import Incoming
-from receiver.stores import open_store
+from receiver.stores.open import open_store
+from receiver.stores.protocol import Incoming
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TOKEN = "s3cret-stream-token"

@@ -1,7 +1,7 @@
 """The PostgreSQL schema: SQLite's tables, columns and statuses in native types, versioned in `montra_schema`.
 
 Times are `timestamptz`, headers `jsonb`, bodies `bytea`. Two functions keep the stream's cursor safe
-(see `postgres_store`): `montra_begin_batch()` marks a batch in flight before it takes any seq, and
+(see `store`): `montra_begin_batch()` marks a batch in flight before it takes any seq, and
 `montra_stream_horizon()` is the newest seq below every batch still in flight.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psycopg
 
-from .errors import ConfigurationError
+from ...errors import ConfigurationError
 
 __all__ = ["BATCH_MARK", "SCHEMA_VERSION", "migrate"]
 

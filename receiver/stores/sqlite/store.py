@@ -16,11 +16,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .errors import ConfigurationError, StoreUnavailable
-from .event import RunStatus
-from .group_commit import BUSY_TIMEOUT_MS, GroupCommit
-from .schema import SCHEMA_VERSION, migrate
-from .store import (
+from ...errors import ConfigurationError, StoreUnavailable
+from ...event import RunStatus
+from ..protocol import (
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
     EventFilter,
@@ -33,10 +31,11 @@ from .store import (
     redact,
     select_events_sql,
 )
+from .group_commit import BUSY_TIMEOUT_MS, GroupCommit
+from .schema import SCHEMA_VERSION, migrate
 
-__all__ = ["DEFAULT_DB", "SQLiteStore", "connect", "select_events"]
+__all__ = ["SQLiteStore", "connect", "select_events"]
 
-DEFAULT_DB = "montra-events.db"
 
 T = TypeVar("T")
 
@@ -86,7 +85,7 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
 class SQLiteStore:
     """The `Store` on one SQLite file. Create it anywhere; it binds to the event loop that first uses it."""
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB, *, readers: int = 4) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, readers: int = 4) -> None:
         self.path = os.fspath(path)
         self._writer = connect(self.path)
         # The writer runs BEGIN on the event loop: it must never sleep in SQLite's busy handler there.

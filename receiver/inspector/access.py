@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .loopback import is_loopback_address
+from ..loopback import is_loopback_address
 
 __all__ = ["SESSION_COOKIE", "SESSION_SECONDS", "InspectorAccess", "Refusal", "is_loopback_host"]
 

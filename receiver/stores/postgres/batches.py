@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import psycopg
 
-from .errors import StoreUnavailable
-from .store import Incoming, IngestResult
+from ...errors import StoreUnavailable
+from ..protocol import Incoming, IngestResult
 
 __all__ = ["Batches"]
 

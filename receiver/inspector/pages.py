@@ -4,7 +4,7 @@
 `/inspect/api/events` so new events appear without a reload. `GET /inspect/events/{id}` shows
 one event: its body pretty-printed, its headers, each handler run with its error and
 traceback, a re-run button and a `montra-hooks replay` command to copy. Who may open them is
-decided in `inspector_access`. Pages are rendered on the server with Jinja2, autoescaped (bodies
+decided in `access`. Pages are rendered on the server with Jinja2, autoescaped (bodies
 and headers come from the internet), with one small script and one stylesheet from this package:
 nothing is fetched from anywhere else.
 """
@@ -27,15 +27,15 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
-from .errors import ConfigurationError
-from .event import EventStatus
-from .hooks import validate_pattern
-from .inspector_access import InspectorAccess, Refusal, is_loopback_host
-from .sqlite_store import DEFAULT_DB
-from .store import REDACTED, EventFilter, Run, StoredEvent
+from ..errors import ConfigurationError
+from ..event import EventStatus
+from ..hooks import validate_pattern
+from ..stores.open import DEFAULT_DB
+from ..stores.protocol import REDACTED, EventFilter, Run, StoredEvent
+from .access import InspectorAccess, Refusal, is_loopback_host
 
 if TYPE_CHECKING:
-    from .app import MontraApp
+    from ..app import MontraApp
 
 __all__ = ["EVENT_STATUSES", "PAGE_SIZE", "Inspector", "highlight_json"]
 
@@ -85,14 +85,14 @@ class Inspector:
         self.app = app
         self.access = InspectorAccess(token)
         env = jinja2.Environment(
-            loader=jinja2.PackageLoader("receiver", "templates"),
+            loader=jinja2.PackageLoader("receiver.inspector", "templates"),
             autoescape=True,  # always, whatever the file name: bodies and headers are attacker-controlled
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
         )
         self.templates = Jinja2Templates(env=env)
-        static = resources.files("receiver").joinpath("static")
+        static = resources.files("receiver.inspector").joinpath("static")
         self._static = {name: static.joinpath(name).read_bytes() for name in _STATIC}
 
     def routes(self) -> list[BaseRoute]:

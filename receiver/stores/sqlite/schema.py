@@ -6,7 +6,7 @@ import sqlite3
 
 import sqlite_utils
 
-from .errors import ConfigurationError
+from ...errors import ConfigurationError
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 

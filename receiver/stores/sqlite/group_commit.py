@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .errors import StoreUnavailable
+from ...errors import StoreUnavailable
 
 __all__ = ["BUSY_TIMEOUT_MS", "GroupCommit", "Op"]
 

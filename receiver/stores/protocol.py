@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from .event import EventStatus, RunStatus
+from ..event import EventStatus, RunStatus
 
 __all__ = [
     "MAX_REJECTIONS",
@@ -28,11 +27,9 @@ __all__ = [
     "Run",
     "Store",
     "StoredEvent",
-    "is_postgres_url",
     "iso",
     "iter_pages",
     "redact",
-    "redact_url",
     "select_events_sql",
     "type_clause",
 ]
@@ -196,28 +193,6 @@ class Store(Protocol):
     async def next_due(self, handlers: Sequence[str]) -> str | None: ...
 
     async def prune(self, *, before: float) -> dict[str, int]: ...
-
-
-def is_postgres_url(db: object) -> bool:
-    """True when `--db` names a PostgreSQL database rather than a SQLite file."""
-    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password (user info or `password=`): what logs, the inspector and `store.path` show."""
-    parts = urlsplit(url)
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(name, value) for name, value in params if name != "password"]
-    if parts.password is None and len(kept) == len(params):
-        return url
-    netloc = parts.netloc if parts.password is None else f"{parts.username or ''}@{parts.netloc.rpartition('@')[2]}"
-    query = urlencode(kept, safe="/:", quote_via=quote)
-    # Not urlunsplit: it writes `postgresql:///db` (no host: the local socket) as `postgresql:/db`.
-    return (
-        f"{parts.scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
 
 
 def select_events_sql(selection: EventFilter, *, columns: str, mark: str) -> tuple[str, list[Any]]:

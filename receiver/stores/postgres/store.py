@@ -29,12 +29,10 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from .errors import ConfigurationError, StoreUnavailable
-from .event import RunStatus
-from .postgres_batches import Batches
-from .postgres_schema import migrate
-from .postgres_sql import EVENT_COLUMNS, INGEST, PRUNE, RUN_COLUMNS, claim_sql
-from .store import (
+from ...errors import ConfigurationError, StoreUnavailable
+from ...event import RunStatus
+from ..open import redact_url
+from ..protocol import (
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
     EventFilter,
@@ -45,9 +43,11 @@ from .store import (
     iso,
     iter_pages,
     redact,
-    redact_url,
     select_events_sql,
 )
+from .batches import Batches
+from .schema import migrate
+from .sql import EVENT_COLUMNS, INGEST, PRUNE, RUN_COLUMNS, claim_sql
 
 __all__ = ["POOL_SIZE", "PostgresStore"]
 
