@@ -135,11 +135,13 @@ class MontraApp:
         self.inline = inline
         self.settings = settings
         self._db = db
+        self._inspect = inspect
         self._store: Store | None = None
         self._dispatcher: Dispatcher | None = None
         self.stream = EventStream(lambda: self.store, token=stream_token, keepalive=stream_keepalive)
         self.router = Starlette(
             routes=[
+                Route("/", self._index, methods=["GET"]),
                 Route("/healthz", self._healthz, methods=["GET"]),
                 Route("/stream", self.stream.endpoint, methods=["GET"]),
                 Route(path, self._method_not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"]),
@@ -317,6 +319,17 @@ class MontraApp:
 
         return Inspector(self, token=token).routes()
 
+    async def _index(self, request: Request) -> Response:
+        """What a person who opens the receiver's address in a browser (or curls it) needs to know."""
+        root = request.scope.get("root_path", "")
+        routes = {
+            "webhooks": f"POST {root}{self.path} (Standard Webhooks signatures)",
+            "health": f"GET {root}/healthz",
+            "stream": f"GET {root}/stream (bearer token)" if self.stream.enabled else None,
+            "inspector": f"GET {root}/inspect (token)" if self._inspect else None,
+        }
+        return JSONResponse({"service": "montra-webhooks", **{k: v for k, v in routes.items() if v is not None}})
+
     async def _healthz(self, request: Request) -> Response:
         if await self.store.check_writable():
             return JSONResponse({"status": "ok"})
@@ -335,7 +348,11 @@ class MontraApp:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    message = exc.detail
+    if exc.status_code == 404:
+        root = request.scope.get("root_path", "")
+        message = f"Nothing at {request.url.path}: GET {root or '/'} lists this receiver's routes."
+    return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:

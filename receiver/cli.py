@@ -25,7 +25,7 @@ from .event import EventStatus
 from .hooks import Hooks, validate_pattern
 from .loopback import is_loopback
 from .stores.open import DEFAULT_DB, is_postgres_url, open_store, prepare_store, redact_url
-from .stores.protocol import EventFilter, Store, StoredEvent
+from .stores.protocol import EventFilter, Run, Store, StoredEvent, iso
 
 __all__ = [
     "cli",
@@ -68,8 +68,8 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
-def parse_when(text: str) -> str:
-    """An ISO 8601 time, or a duration meaning that long ago (`2h`), as the store's ISO UTC text."""
+def parse_when(text: str) -> datetime:
+    """An ISO 8601 time, or a duration meaning that long ago (`2h`), as an aware UTC datetime."""
     if _DURATION.match(text.strip()):
         moment = datetime.fromtimestamp(time.time() - parse_duration(text), UTC)
     else:
@@ -81,7 +81,7 @@ def parse_when(text: str) -> str:
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC)
 
 
 def import_hooks(spec: str) -> Hooks:
@@ -274,7 +274,7 @@ def events_list(
     id_width, type_width = max(len(r.id) for r in rows), max(len(r.type) for r in rows)
     click.echo(f"{'SEQ':>6}  {'ID':<{id_width}}  {'TYPE':<{type_width}}  {'STATUS':<9}  RECEIVED")
     for r in rows:
-        click.echo(f"{r.seq:>6}  {r.id:<{id_width}}  {r.type:<{type_width}}  {r.status:<9}  {r.received_at}")
+        click.echo(f"{r.seq:>6}  {r.id:<{id_width}}  {r.type:<{type_width}}  {r.status:<9}  {iso(r.received_at)}")
 
 
 @events.command("show")
@@ -301,14 +301,14 @@ def events_show(db: str, event_id: str, as_json: bool) -> None:
         click.echo(json.dumps({**event_json(event), "runs": [_run_json(run) for run in runs]}))
         return
     click.echo(f"{event.type} [{event.id}]  seq {event.seq}  {event.status}")
-    click.echo(f"received {event.received_at}" + (f", occurred {event.occurred_at}" if event.occurred_at else ""))
+    click.echo(f"received {iso(event.received_at)}" + (f", occurred {event.occurred_at}" if event.occurred_at else ""))
     for name, value in sorted(event.headers.items()):
         click.echo(f"  {name}: {value}")
     click.echo(_body_text(event.body))
     for run in runs:
         click.echo(f"\n{run.handler}: {run.status}, {run.attempts} attempt(s)")
         if run.next_attempt_at and run.status == "failed":
-            click.echo(f"  next attempt at {run.next_attempt_at}")
+            click.echo(f"  next attempt at {iso(run.next_attempt_at)}")
         if run.last_error:
             click.echo("  " + run.last_error.rstrip().replace("\n", "\n  "))
 
@@ -353,14 +353,15 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
         "type": event.type,
         "status": event.status,
         "occurred_at": event.occurred_at,
-        "received_at": event.received_at,
+        "received_at": iso(event.received_at),
         "headers": event.headers,
         **event.body_json(),
     }
 
 
-def _run_json(run: Any) -> dict[str, Any]:
-    return {name: getattr(run, name) for name in run.__slots__}
+def _run_json(run: Run) -> dict[str, Any]:
+    values = {name: getattr(run, name) for name in run.__slots__}
+    return {name: iso(value) if isinstance(value, datetime) else value for name, value in values.items()}
 
 
 def _body_text(body: bytes) -> str:

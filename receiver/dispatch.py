@@ -21,7 +21,6 @@ import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from .errors import NoRetry, StoreUnavailable
 from .event import Event, RunStatus
@@ -221,7 +220,7 @@ class Dispatcher:
             due = None
         if due is not None:
             # Retries due sooner than the poll (short backoffs) start on time, not on the next poll.
-            delay = min(delay, max(0.0, _epoch(due, default=time.time() + delay) - time.time()))
+            delay = min(delay, max(0.0, due.timestamp() - time.time()))
         if delay > 0 and not self._wakeup.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), delay)
@@ -382,14 +381,6 @@ class Dispatcher:
                     await result
             except Exception:  # one broken alert must not stop the others
                 log.exception("on_dead callback %r failed", callback)
-
-
-def _epoch(stamp: str, *, default: float) -> float:
-    """The store's ISO 8601 UTC text as Unix seconds; `default` for text written by someone else's UPDATE."""
-    try:
-        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return default
 
 
 def _last_line(error: str | None) -> str:

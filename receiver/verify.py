@@ -134,8 +134,13 @@ class Verifier:
         if not (msg_id and timestamp and signature):
             msg_id, timestamp, signature = _scan(headers, msg_id, timestamp, signature)
         if not (isinstance(msg_id, str) and isinstance(timestamp, str) and isinstance(signature, str)):
+            found = {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": signature}
+            missing = " and ".join(name for name, value in found.items() if not isinstance(value, str))
             raise VerificationError(
-                "missing_headers", "the webhook-id, -timestamp and -signature headers are all required"
+                "missing_headers",
+                f"header {missing} missing: a Standard Webhooks request carries webhook-id, webhook-timestamp and "
+                "webhook-signature; sign it with receiver.sign(), or send a signed test event with "
+                "`montra-hooks trigger subscription.upgraded`",
             )
         if not (len(msg_id) <= _MAX_ID_LENGTH and msg_id.isascii() and msg_id.isprintable() and " " not in msg_id):
             raise VerificationError(

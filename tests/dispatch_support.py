@@ -51,7 +51,7 @@ def runs(db: Path | str, event_id: str | None = None) -> dict[tuple[str, str], d
         sql = "SELECT * FROM handler_runs" + (" WHERE event_id = %s" if event_id else "")
         with psycopg.connect(str(db), row_factory=dict_row) as pg:
             found = pg.execute(sql.encode(), (event_id,) if event_id else None).fetchall()
-        rows = [{k: iso(v.timestamp()) if isinstance(v, datetime) else v for k, v in row.items()} for row in found]
+        rows = [{k: iso(v) if isinstance(v, datetime) else v for k, v in row.items()} for row in found]
         return {(row["event_id"], row["handler"]): row for row in rows}
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row

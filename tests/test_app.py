@@ -356,6 +356,42 @@ def test_oversized_headers_are_refused_before_anything_else(client: TestClient, 
     assert query(db, "SELECT count(*) FROM events") == [(0,)]
 
 
+def test_the_root_says_where_everything_is(client: TestClient) -> None:
+    response = client.get("/")
+    assert (response.status_code, response.json()) == (
+        200,
+        {
+            "service": "montra-webhooks",
+            "webhooks": "POST /webhooks (Standard Webhooks signatures)",
+            "health": "GET /healthz",
+        },
+    )
+    nowhere = client.get("/nowhere").json()["message"]
+    assert nowhere == "Nothing at /nowhere: GET / lists this receiver's routes."
+
+
+def test_the_root_names_the_stream_and_inspector_when_on(db: Path) -> None:
+    app = create_app(db=str(db), secrets=[SECRET], stream_token="s" * 20, inspect=True, inspect_token="t" * 20)
+    with TestClient(app) as client:
+        index = client.get("/").json()
+    assert (index["stream"], index["inspector"]) == ("GET /stream (bearer token)", "GET /inspect (token)")
+
+
+@pytest.mark.parametrize(
+    ("dropped", "named"),
+    [
+        (("webhook-signature",), "header webhook-signature missing"),
+        (("webhook-id", "webhook-timestamp"), "header webhook-id and webhook-timestamp missing"),
+    ],
+)
+def test_a_missing_header_is_named_with_how_to_sign(client: TestClient, dropped: tuple[str, ...], named: str) -> None:
+    response = client.post("/webhooks", content=GOOD, headers=without(signed(), *dropped))
+    assert_error(response, 400, "missing_headers")
+    message = response.json()["message"]
+    assert message.startswith(named + ": ")
+    assert "receiver.sign()" in message and "montra-hooks trigger" in message
+
+
 def test_healthz(client: TestClient) -> None:
     response = client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})

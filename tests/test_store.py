@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -297,7 +298,7 @@ def test_listing_filters(db: Path) -> None:
         async def ids(**kwargs: Any) -> list[str]:
             return [e.id for e in await store.list_events(EventFilter(**kwargs))]
 
-        since = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now - 60))
+        since = datetime.fromtimestamp(now - 60, UTC)
         return {
             "prefix": await ids(types=["subscription.*"]),
             "exact": await ids(types=["subscription.upgraded"]),

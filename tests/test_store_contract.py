@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -23,14 +22,20 @@ from postgres_support import pg_query
 
 from receiver.event import RunStatus
 from receiver.stores.open import is_postgres_url, open_store
-from receiver.stores.protocol import EventFilter, Incoming, Store, iso
+from receiver.stores.protocol import EventFilter, Incoming, Store, iso, parse_iso
 
 T = TypeVar("T")
 
-ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 LEASE = 60.0
 SETTLE = 10.0
 """Seconds `bounds_reaching` waits for PostgreSQL's stream horizon to pass a committed seq."""
+
+
+def moment(t: float) -> datetime:
+    """Unix seconds as the store hands a time back: an aware UTC datetime, to the microsecond."""
+    stamp = parse_iso(iso(t))
+    assert stamp is not None
+    return stamp
 
 
 def incoming(
@@ -135,7 +140,7 @@ def test_ingest_stores_exact_bytes_redacted_headers_in_seq_order(store_url: str)
         "evt_raw",
         "a.b",
         "2026-11-25T17:00:00Z",
-        iso(t),
+        moment(t),
         "unhandled",
     )
     assert raw.body == body
@@ -158,7 +163,7 @@ def test_a_duplicate_id_is_refused_and_changes_nothing(store_url: str) -> None:
 
     results, events, runs = run(store_url, work)
     assert [(r.status, r.seq, r.requeued) for r in results] == [("stored", 1, 0), ("duplicate", None, 0)]
-    assert events == [(1, "evt_1", b'{"type": "first"}', iso(t))]
+    assert events == [(1, "evt_1", b'{"type": "first"}', moment(t))]
     assert summary(runs) == [("evt_1", "h", "pending", 0, None)]
 
 
@@ -186,8 +191,8 @@ def test_handlers_create_pending_runs_due_at_arrival(store_url: str) -> None:
 
     runs, status, none = run(store_url, work)
     assert [(r.handler, r.status, r.attempts, r.next_attempt_at, r.lease_owner, r.lease_until) for r in runs] == [
-        ("mod.audit", "pending", 0, iso(t), None, None),
-        ("mod.grant", "pending", 0, iso(t), None, None),
+        ("mod.audit", "pending", 0, moment(t), None, None),
+        ("mod.grant", "pending", 0, moment(t), None, None),
     ]
     assert [(r.last_error, r.started_at, r.finished_at, r.duration_ms) for r in runs] == [(None, None, None, None)] * 2
     assert (status, none) == ("pending", [])
@@ -279,7 +284,7 @@ def test_a_duplicate_requeues_only_dead_runs(store_url: str) -> None:
         ("b", "failed", 1, None, None),
         ("c", "succeeded", 1, None, None),
     ]
-    assert runs[1].next_attempt_at == iso(t + 3600)  # the failed run keeps its retry time
+    assert runs[1].next_attempt_at == moment(t + 3600)  # the failed run keeps its retry time
     assert status == "failed"
 
 
@@ -300,7 +305,11 @@ def test_claim_takes_due_runs_only_and_leases_them(store_url: str) -> None:
     assert [(r.event_id, r.handler, r.status, r.attempts, r.lease_owner) for r in claimed] == [
         ("evt_due", "a", "running", 1, "w1")
     ]
-    assert (claimed[0].lease_until, claimed[0].started_at, claimed[0].finished_at) == (iso(t + 40), iso(t + 10), None)
+    assert (claimed[0].lease_until, claimed[0].started_at, claimed[0].finished_at) == (
+        moment(t + 40),
+        moment(t + 10),
+        None,
+    )
     assert rival == []
     assert due_runs == [claimed[0], due_runs[1]]  # the claim returned the stored row
     assert summary(due_runs[1:]) == [("evt_due", "b", "pending", 0, None)]  # another handler's run is not taken
@@ -342,7 +351,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced(store_url: s
     early, taken, stale, after_stale, stale_renew, done, final = run(store_url, work)
     assert early == []
     assert [(r.status, r.attempts, r.lease_owner, r.lease_until, r.started_at) for r in taken] == [
-        ("running", 2, "w2", iso(t + 61), iso(t + 31))
+        ("running", 2, "w2", moment(t + 61), moment(t + 31))
     ]
     assert (stale, stale_renew) == (False, True)
     assert after_stale == taken  # the old owner's finish changed nothing
@@ -353,7 +362,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced(store_url: s
         2,
         None,
         None,
-        iso(t + 33),
+        moment(t + 33),
         1.5,
         None,
     )
@@ -374,8 +383,8 @@ def test_finish_records_the_error_and_can_correct_the_attempts(store_url: str) -
         ]
 
     assert run(store_url, work) == [
-        ("a", "failed", 1, "a failed", iso(t + 9), 1.5),
-        ("b", "failed", 0, "b failed", iso(t + 9), 1.5),
+        ("a", "failed", 1, "a failed", moment(t + 9), 1.5),
+        ("b", "failed", 0, "b failed", moment(t + 9), 1.5),
     ]
 
 
@@ -397,9 +406,9 @@ def test_renew_extends_only_the_owners_running_runs(store_url: str) -> None:
     renewed, nobody, again, runs = run(store_url, work)
     assert (renewed, nobody, again) == (1, 0, 1)
     assert runs == [
-        ("evt_0", "running", "w1", iso(t + 150)),
+        ("evt_0", "running", "w1", moment(t + 150)),
         ("evt_1", "failed", None, None),
-        ("evt_2", "running", "w2", iso(t + 30)),
+        ("evt_2", "running", "w2", moment(t + 30)),
     ]
 
 
@@ -419,7 +428,7 @@ def test_release_returns_the_owners_runs_to_pending(store_url: str) -> None:
     released, nothing, runs, again = run(store_url, work)
     assert (released, nothing) == (1, 0)
     assert summary(runs) == [("evt_1", "a", "pending", 0, None), ("evt_1", "b", "running", 1, "w2")]
-    assert (runs[0].lease_until, ISO_UTC.fullmatch(runs[0].next_attempt_at or "") is not None) == (None, True)
+    assert (runs[0].lease_until, isinstance(runs[0].next_attempt_at, datetime)) == (None, True)
     assert again == ["a:1"]  # due at once; w2's unexpired lease is left alone
 
 
@@ -477,7 +486,7 @@ def test_next_due_is_the_earliest_retry_or_lease_expiry(store_url: str) -> None:
         seen.append(await store.next_due(["b"]))
         return seen
 
-    assert run(store_url, work) == [None, iso(t), iso(t + 30), iso(t + 50), iso(t + 100), None]
+    assert run(store_url, work) == [None, moment(t), moment(t + 30), moment(t + 50), moment(t + 100), None]
 
 
 def test_orphaned_runs_count_unfinished_runs_of_unknown_handlers(store_url: str) -> None:
@@ -606,7 +615,7 @@ def test_list_events_filters(store_url: str, selection: dict[str, Any], expected
     t = now()
     for key in ("since", "until"):
         if key in selection:
-            selection = {**selection, key: iso(t + selection[key])}
+            selection = {**selection, key: moment(t + selection[key])}
 
     async def work(store: Store) -> list[tuple[int, str]]:
         for event_id, type, offset, handlers in LISTED:
@@ -790,7 +799,7 @@ def test_check_writable(store_url: str) -> None:
 
 
 @pytest.mark.parametrize("t", [1795631216.503667, 1795631216.0, 1795631216.9999996, 1_000_000_000.000001, 1.25e9])
-def test_every_time_is_iso_utc_microseconds_and_the_instant_given(store_url: str, t: float) -> None:
+def test_every_time_is_an_aware_utc_datetime_to_the_microsecond_and_the_instant_given(store_url: str, t: float) -> None:
     lease, finished, retry = 30.000001, t + 2.5, t + 7.25
 
     async def work(store: Store) -> dict[str, Any]:
@@ -804,9 +813,9 @@ def test_every_time_is_iso_utc_microseconds_and_the_instant_given(store_url: str
         assert await finish(store, "evt_1", "h", "failed", at=finished, next_attempt_at=retry)
         seen["finished"] = (await store.get_runs("evt_1"))[0]
         seen["retry_due"] = await store.next_due(["h"])
-        seen["since_exact"] = len(await store.list_events(EventFilter(since=iso(t))))
+        seen["since_exact"] = len(await store.list_events(EventFilter(since=moment(t))))
         seen["since_after"] = len(await store.list_events(EventFilter(since=_utc(t, plus_micros=1))))
-        seen["until_exact"] = len(await store.list_events(EventFilter(until=iso(t))))
+        seen["until_exact"] = len(await store.list_events(EventFilter(until=moment(t))))
         return seen
 
     seen = run(store_url, work)
@@ -823,7 +832,7 @@ def test_every_time_is_iso_utc_microseconds_and_the_instant_given(store_url: str
         "retry_due": seen["retry_due"],
         "started_at, kept": done.started_at,
     }
-    assert all(isinstance(v, str) and ISO_UTC.fullmatch(v) for v in returned.values()), returned
+    assert all(isinstance(v, datetime) and v.utcoffset() == timedelta(0) for v in returned.values()), returned
     assert returned == {
         "received_at": _utc(t),
         "next_attempt_at": _utc(t),
@@ -839,6 +848,6 @@ def test_every_time_is_iso_utc_microseconds_and_the_instant_given(store_url: str
     assert (seen["since_exact"], seen["since_after"], seen["until_exact"]) == (1, 0, 0)
 
 
-def _utc(t: float, *, plus_micros: int = 0) -> str:
+def _utc(t: float, *, plus_micros: int = 0) -> datetime:
     """`t` to the microsecond, as datetime rounds it."""
-    return (datetime.fromtimestamp(t, UTC) + timedelta(microseconds=plus_micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(t, UTC) + timedelta(microseconds=plus_micros)

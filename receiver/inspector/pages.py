@@ -16,6 +16,7 @@ import json
 import re
 import shlex
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import parse_qs, quote, urlencode
@@ -27,11 +28,12 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
+from ..command import command_name
 from ..errors import ConfigurationError
 from ..event import EventStatus
 from ..hooks import validate_pattern
 from ..stores.open import DEFAULT_DB
-from ..stores.protocol import REDACTED, EventFilter, Run, StoredEvent
+from ..stores.protocol import REDACTED, EventFilter, Run, StoredEvent, iso
 from .access import InspectorAccess, Refusal, is_loopback_host
 
 if TYPE_CHECKING:
@@ -142,7 +144,7 @@ class Inspector:
             "after": (events[-1].seq - 1) if events else 0,
             "page_size": PAGE_SIZE,
             "trigger_command": shlex.join(
-                ["montra-hooks", "trigger", "customer.created", "--to", _webhook_url(request, self.app.path)]
+                [command_name(), "trigger", "customer.created", "--to", _webhook_url(request, self.app.path)]
             ),
         }
         return self._render(request, "list.html", context, status_code=400 if error else 200)
@@ -257,18 +259,18 @@ class Inspector:
             "attempts": run.attempts,
             "max_attempts": (registration.max_attempts or self.app.settings.max_attempts) if registration else None,
             "registered": registration is not None,
-            "started_at": run.started_at,
-            "finished_at": run.finished_at,
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
             "duration_ms": run.duration_ms,
-            "next_attempt_at": run.next_attempt_at if run.status in ("failed", "pending") else None,
-            "lease_until": run.lease_until if run.status == "running" else None,
+            "next_attempt_at": _iso(run.next_attempt_at) if run.status in ("failed", "pending") else None,
+            "lease_until": _iso(run.lease_until) if run.status == "running" else None,
             "error": error,
             "error_summary": error.splitlines()[-1] if error else "",
             "can_rerun": run.status in ("failed", "dead") and registration is not None,
         }
 
     def _replay_command(self, request: Request, event_id: str) -> str:
-        parts = ["montra-hooks", "replay", "--id", event_id, "--to", _webhook_url(request, self.app.path)]
+        parts = [command_name(), "replay", "--id", event_id, "--to", _webhook_url(request, self.app.path)]
         if self.app.store.path != DEFAULT_DB:
             parts[2:2] = ["--db", self.app.store.path]
         if not is_loopback_host(request.headers.get("host", "")):
@@ -310,8 +312,8 @@ def _event_row(request: Request, event: StoredEvent) -> dict[str, Any]:
         "id": event.id,
         "type": event.type,
         "status": event.status,
-        "received_at": event.received_at,
-        "received": _display_time(event.received_at),
+        "received_at": iso(event.received_at),
+        "received": _display_time(iso(event.received_at)),
         "url": _event_url(request, event.id),
     }
 
@@ -332,6 +334,10 @@ def _state(event: StoredEvent, runs: list[Run]) -> str:
     """A short fingerprint of what the event page shows that can change; the page reloads when it does."""
     parts = [event.status, *(f"{r.handler}\0{r.status}\0{r.attempts}\0{r.finished_at}" for r in runs)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else iso(moment)
 
 
 def _display_time(iso_text: str | None) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "StoredEvent",
     "iso",
     "iter_pages",
+    "parse_iso",
     "redact",
     "select_events_sql",
     "type_clause",
@@ -52,9 +53,11 @@ def redact(headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def iso(t: float) -> str:
-    """Unix seconds as the store writes times: ISO 8601 UTC, microseconds, `Z`; sorts as it compares."""
+def iso(t: float | datetime) -> str:
+    """A time as SQLite stores it and the CLI prints it: ISO 8601 UTC, microseconds, `Z`; sorts as it compares."""
     global _iso_second
+    if isinstance(t, datetime):
+        t = t.timestamp()
     whole = int(t // 1)
     micros = round((t - whole) * 1_000_000)
     if micros == 1_000_000:
@@ -67,6 +70,14 @@ def iso(t: float) -> str:
 
 
 _iso_second: tuple[int, str] = (-1, "")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    """`iso`'s text back as an aware UTC datetime (None stays None): what crosses the Store protocol."""
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +109,8 @@ class StoredEvent:
     id: str
     type: str
     occurred_at: str | None
-    received_at: str
+    """The envelope's `timestamp`, as the sender wrote it."""
+    received_at: datetime
     headers: dict[str, str]
     body: bytes
     status: EventStatus
@@ -120,11 +132,11 @@ class Run:
     status: RunStatus
     attempts: int
     last_error: str | None = None
-    next_attempt_at: str | None = None
+    next_attempt_at: datetime | None = None
     lease_owner: str | None = None
-    lease_until: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
+    lease_until: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     duration_ms: float | None = None
 
 
@@ -135,8 +147,10 @@ class EventFilter:
     ids: Sequence[str] = ()
     types: Sequence[str] = ()
     status: Sequence[str] = ()
-    since: str | None = None
-    until: str | None = None
+    since: datetime | None = None
+    """`received_at` at or after this time."""
+    until: datetime | None = None
+    """`received_at` before this time."""
     after_seq: int | None = None
     max_seq: int | None = None
     limit: int | None = None
@@ -144,7 +158,11 @@ class EventFilter:
 
 
 class Store(Protocol):
-    """The store interface. Every write is durable when its coroutine returns."""
+    """The store interface. Every write is durable when its coroutine returns.
+
+    Times cross it as aware UTC `datetime`s when read and Unix seconds (floats) when written: each backend
+    keeps its own column types (ISO text in SQLite, timestamptz in PostgreSQL) to itself.
+    """
 
     path: str
 
@@ -190,13 +208,18 @@ class Store(Protocol):
         self, *, ids: Sequence[str] = (), handler: str | None = None, status: Sequence[str] = ("failed", "dead")
     ) -> int: ...
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]: ...
-    async def next_due(self, handlers: Sequence[str]) -> str | None: ...
+    async def next_due(self, handlers: Sequence[str]) -> datetime | None: ...
 
     async def prune(self, *, before: float) -> dict[str, int]: ...
 
 
-def select_events_sql(selection: EventFilter, *, columns: str, mark: str) -> tuple[str, list[Any]]:
-    """The query both backends run for `selection`, with `mark` as the parameter placeholder."""
+def select_events_sql(
+    selection: EventFilter, *, columns: str, mark: str, time: Callable[[datetime], Any]
+) -> tuple[str, list[Any]]:
+    """The query both backends run for `selection`, with `mark` as the parameter placeholder.
+
+    `time` turns a filter's datetime into the backend's column value.
+    """
     where: list[str] = []
     params: list[Any] = []
 
@@ -213,8 +236,8 @@ def select_events_sql(selection: EventFilter, *, columns: str, mark: str) -> tup
     if selection.status:
         where.append(f"status IN ({marks(selection.status)})")
     for column, op, value in (
-        ("received_at", ">=", selection.since),
-        ("received_at", "<", selection.until),
+        ("received_at", ">=", None if selection.since is None else time(selection.since)),
+        ("received_at", "<", None if selection.until is None else time(selection.until)),
         ("seq", ">", selection.after_seq),
         ("seq", "<=", selection.max_seq),
     ):

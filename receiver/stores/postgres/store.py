@@ -40,7 +40,6 @@ from ..protocol import (
     IngestResult,
     Run,
     StoredEvent,
-    iso,
     iter_pages,
     redact,
     select_events_sql,
@@ -239,7 +238,7 @@ class PostgresStore:
         return [_run(row) for row in await self._fetch(sql, (event_id,))]
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
-        sql, params = select_events_sql(selection, columns=EVENT_COLUMNS, mark="%s")
+        sql, params = select_events_sql(selection, columns=EVENT_COLUMNS, mark="%s", time=lambda moment: moment)
         return [_event(row) for row in await self._fetch(sql, params)]
 
     def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
@@ -304,14 +303,14 @@ class PostgresStore:
         )
         return {name: count for name, count in await self._fetch(sql, (list(handlers),))}
 
-    async def next_due(self, handlers: Sequence[str]) -> str | None:
+    async def next_due(self, handlers: Sequence[str]) -> datetime | None:
         """When the earliest waiting run of these handlers is due (or a lease expires), or None."""
         sql = (
             "SELECT min(CASE WHEN status = 'running' THEN lease_until ELSE next_attempt_at END) FROM handler_runs "
             "WHERE handler = ANY (%s) AND status IN ('pending', 'failed', 'running')"
         )
-        due = (await self._fetch(sql, (list(handlers),)))[0][0]
-        return _iso(due)
+        due: datetime | None = (await self._fetch(sql, (list(handlers),)))[0][0]
+        return due
 
     # -- connections -----------------------------------------------------------------------
 
@@ -382,16 +381,10 @@ def _time(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else iso(value.timestamp())
-
-
 def _event(row: tuple[Any, ...]) -> StoredEvent:
     seq, id, type, occurred_at, received_at, headers, body, status = row
-    return StoredEvent(seq, id, type, occurred_at, _iso(received_at) or "", headers, bytes(body), status)
+    return StoredEvent(seq, id, type, occurred_at, received_at, headers, bytes(body), status)
 
 
 def _run(row: tuple[Any, ...]) -> Run:
-    event_id, handler, status, attempts, error, due, owner, until, started, finished, duration = row
-    times = _iso(due), owner, _iso(until), _iso(started), _iso(finished)
-    return Run(event_id, handler, status, attempts, error, *times, duration)
+    return Run(*row)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, StoreUnavailable
@@ -28,6 +29,7 @@ from ..protocol import (
     StoredEvent,
     iso,
     iter_pages,
+    parse_iso,
     redact,
     select_events_sql,
 )
@@ -269,14 +271,14 @@ class SQLiteStore:
         )
         return await self._read(lambda conn: dict(conn.execute(sql, tuple(handlers)).fetchall()))
 
-    async def next_due(self, handlers: Sequence[str]) -> str | None:
+    async def next_due(self, handlers: Sequence[str]) -> datetime | None:
         """When the earliest waiting run of these handlers is due (or a lease expires), or None."""
         names = ", ".join("?" * len(handlers))
         sql = (
             f"SELECT min(CASE WHEN status = 'running' THEN lease_until ELSE next_attempt_at END) FROM handler_runs "
             f"WHERE handler IN ({names}) AND status IN ('pending', 'failed', 'running')"
         )
-        return await self._read(lambda conn: conn.execute(sql, tuple(handlers)).fetchone()[0])
+        return parse_iso(await self._read(lambda conn: conn.execute(sql, tuple(handlers)).fetchone()[0]))
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -302,14 +304,18 @@ class SQLiteStore:
 
 def select_events(conn: sqlite3.Connection, selection: EventFilter) -> list[StoredEvent]:
     """Read events matching `selection`, in seq order (or newest first)."""
-    sql, params = select_events_sql(selection, columns=_EVENT_COLUMNS, mark="?")
+    sql, params = select_events_sql(selection, columns=_EVENT_COLUMNS, mark="?", time=iso)
     return [_event(row) for row in conn.execute(sql, params)]
 
 
 def _event(row: tuple[Any, ...]) -> StoredEvent:
     seq, id, type, occurred_at, received_at, headers, body, status = row
-    return StoredEvent(seq, id, type, occurred_at, received_at, json.loads(headers), bytes(body), status)
+    received = parse_iso(received_at)
+    assert received is not None  # NOT NULL in the schema
+    return StoredEvent(seq, id, type, occurred_at, received, json.loads(headers), bytes(body), status)
 
 
 def _run(row: tuple[Any, ...]) -> Run:
-    return Run(*row)
+    event_id, handler, status, attempts, error, due, owner, until, started, finished, duration = row
+    times = parse_iso(due), owner, parse_iso(until), parse_iso(started), parse_iso(finished)
+    return Run(event_id, handler, status, attempts, error, *times, duration)
