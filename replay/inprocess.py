@@ -36,10 +36,10 @@ class AppTarget:
 
     async def send(self, event: Outgoing) -> Result:
         """Run the handlers matching `event` once; `answer` is `handled`, `unhandled` or `failed`."""
-        sent_as = event.id if self.keep_id else replay_id(event.id)
+        sent_as = event.id if self.keep_id else replay_id(event.original_id)
         headers = {**event.headers, "webhook-id": sent_as}
         if sent_as != event.id:
-            headers[REPLAY_OF_HEADER] = event.id
+            headers[REPLAY_OF_HEADER] = event.original_id
         started = time.perf_counter()
         # Refused as the receiver refuses it: only a JSON object with a string "type" is an event.
         try:

@@ -43,6 +43,11 @@ class Outgoing:
     seq: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def original_id(self) -> str:
+        """The id this event was first sent under: a stored replay names it in `montra-replay-of`."""
+        return self.headers.get(REPLAY_OF_HEADER) or self.id
+
 
 @dataclass(frozen=True, slots=True)
 class Result:
@@ -66,7 +71,10 @@ class Result:
 
 
 def replay_id(original: str) -> str:
-    """A new webhook-id for a replay: `{original}_r{8 random hex}`, so a receiver runs it again."""
+    """A new webhook-id for a replay: `{original}_r{8 random hex}`, so a receiver runs it again.
+
+    Give it the first id (`Outgoing.original_id`): a replay of a replay keeps one suffix.
+    """
     # Ids are at most 256 characters; a longer original is cut, and montra-replay-of keeps it whole.
     return f"{original[: _MAX_ID - _SUFFIX]}_r{secrets.token_hex(4)}"
 
@@ -127,10 +135,10 @@ class HttpTarget:
 
     async def send(self, event: Outgoing) -> Result:
         """POST one event and read the receiver's answer; transport errors become a Result too."""
-        sent_as = event.id if self.keep_id else replay_id(event.id)
+        sent_as = event.id if self.keep_id else replay_id(event.original_id)
         headers = {"content-type": "application/json", **sign(event.body, secret=self._secret, msg_id=sent_as)}
         if sent_as != event.id:
-            headers[REPLAY_OF_HEADER] = event.id
+            headers[REPLAY_OF_HEADER] = event.original_id
         client = await self._idle.get()
         started = time.perf_counter()
         try:

@@ -104,6 +104,18 @@ def test_replay_by_type_pattern_delivers_exactly_the_matching_events_byte_identi
         Webhook(SECRET).verify(body, headers)
 
 
+def test_a_replay_of_a_replay_keeps_one_suffix_and_names_the_first_id(
+    source: Path, target: ServerProcess, serve: Callable[..., ServerProcess]
+) -> None:
+    assert run("--db", str(source), "--id", "msg_1", "--to", url(target), "--secret", SECRET).exit_code == 0
+    again = serve("--secret", SECRET, "--db", "again.db", name="again")
+    result = run("--db", str(target.cwd / "target.db"), "--to", url(again), "--secret", SECRET)
+    assert result.exit_code == 0, result.output
+    ((event_id, _, headers, _),) = stored(again.cwd / "again.db")
+    match = REPLAYED.match(event_id)
+    assert (match and match["original"], headers["montra-replay-of"]) == ("msg_1", "msg_1")
+
+
 def test_keep_id_sends_the_original_ids_and_counts_duplicates_apart(source: Path, target: ServerProcess) -> None:
     first = run("--db", str(source), "--id", "msg_1", "--id", "msg_3", "--to", url(target), "--secret", SECRET)
     assert first.exit_code == 0, first.output
