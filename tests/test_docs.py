@@ -123,9 +123,8 @@ def check_receiver_imports(tree: ast.Module) -> None:
                 assert hasattr(module, alias.name), f"{node.module} has no {alias.name}"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
-def test_every_python_block_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # examples name montra-events.db: keep whatever they create out of the checkout
+def run_page(page: Path) -> tuple[dict[str, object], int]:
+    """Run the page's Python blocks in order in one namespace; (namespace, blocks run)."""
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
     ran = 0
     for code in blocks(page, "python"):
@@ -136,8 +135,33 @@ def test_every_python_block_runs(page: Path, tmp_path: Path, monkeypatch: pytest
             continue
         exec(compile(tree, str(page), "exec"), namespace)  # our own docs
         ran += 1
+    return namespace, ran
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_every_python_block_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples name montra-events.db: keep whatever they create out of the checkout
+    _, ran = run_page(page)
     if page.name in {"README.md", "handlers.md", "testing.md"}:
         assert ran >= 1, f"{page.name}: its Python examples must run"
+
+
+def test_the_mounting_example_takes_webhooks_under_its_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handlers page's Starlette app, with its lifespan around the receiver's, stores a signed event."""
+    from starlette.testclient import TestClient
+
+    from receiver import sign
+
+    monkeypatch.chdir(tmp_path)
+    namespace, _ = run_page(DOCS / "handlers.md")
+    body = b'{"type": "customer.created"}'
+    headers = sign(body, secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", msg_id="msg_docs_1")
+    headers["content-type"] = "application/json"
+    with TestClient(namespace["app"]) as client:
+        response = client.post("/montra/webhooks", content=body, headers=headers)
+        assert (response.status_code, response.json()) == (200, {"id": "msg_docs_1", "status": "stored"})
+        assert client.get("/montra/healthz").json() == {"status": "ok"}
+    assert (tmp_path / "montra-events.db").is_file()
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
