@@ -21,6 +21,7 @@ from ...event import RunStatus
 from ..protocol import (
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
+    TAKEOVER_NOTE,
     EventFilter,
     Incoming,
     IngestResult,
@@ -162,7 +163,7 @@ class SQLiteStore:
             selection_params = [*handlers, event_id, stamp, limit]
         sql = (
             "UPDATE handler_runs SET status = 'running', lease_owner = ?, lease_until = ?, "
-            "attempts = attempts + 1, started_at = ?, finished_at = NULL, duration_ms = NULL "
+            f"attempts = attempts + 1, started_at = ?, finished_at = NULL, duration_ms = NULL, {TAKEOVER_NOTE} "
             f"WHERE rowid IN ({selection}) RETURNING {_RUN_COLUMNS}"
         )
         params = (owner, iso(now + lease), stamp, *selection_params)
