@@ -387,7 +387,7 @@ class Dispatcher:
             except BaseException as e:  # one broken alert must not stop the others, nor (sys.exit) the receiver
                 if _own_cancellation(e):
                     raise
-                log.error("on_dead callback %r failed:\n%s", callback, _describe(e).rstrip())
+                log.exception("on_dead callback %r failed", callback)
 
 
 def _epoch(stamp: str, *, default: float) -> float:

@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,9 @@ import httpx
 import pytest
 from conftest import ServerProcess, query, signed_post
 from dispatch_support import SECRET, envelope, read_log, runs, settled, wait_until
+from starlette.testclient import TestClient
+
+from receiver import Event, Hooks, NoRetry, create_app
 
 Serve = Callable[..., ServerProcess]
 
@@ -211,3 +215,33 @@ def test_the_served_database_and_its_wal_are_private(serve: Serve, tmp_path: Pat
     assert send(server, http, "msg_0", "customer.created").json() == {"id": "msg_0", "status": "stored"}
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.glob("events.db*")}
     assert modes == {"events.db": "0o600", "events.db-wal": "0o600", "events.db-shm": "0o600"}
+
+
+def test_on_dead_callbacks_that_exit_or_interrupt_do_not_stop_the_others_or_the_receiver(tmp_path: Path) -> None:
+    hooks = Hooks()
+    told: list[str] = []
+
+    @hooks.on("*", name="refuses")
+    async def refuses(event: Event) -> None:
+        raise NoRetry("no")
+
+    @hooks.on_dead
+    def exits(event: Event, handler: str, error: str) -> None:  # sync: it runs in the dispatcher's threads
+        sys.exit(4)
+
+    @hooks.on_dead
+    async def interrupts(event: Event, handler: str, error: str) -> None:
+        raise KeyboardInterrupt
+
+    @hooks.on_dead
+    async def alert(event: Event, handler: str, error: str) -> None:
+        told.append(f"{handler} on {event.id}")
+
+    app = create_app(hooks, db=str(tmp_path / "events.db"), secrets=[SECRET])
+    with TestClient(app) as client:
+        for n in range(2):
+            posted = signed_post("/webhooks", envelope("customer.created"), SECRET, f"msg_{n}", client=client)
+            assert posted.json() == {"id": f"msg_{n}", "status": "stored"}
+            wait_until(lambda n=n: len(told) == n + 1, what="the alert")  # type: ignore[misc]
+        assert client.get("/healthz").json() == {"status": "ok"}
+    assert told == ["refuses on msg_0", "refuses on msg_1"]

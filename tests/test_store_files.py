@@ -1,4 +1,4 @@
-"""The SQLite store's files: private modes, read-only opening that changes nothing, the free-space rule of /healthz.
+"""Files: the store's private modes, read-only opening that changes nothing, /healthz's free-space rule, .montra-hooks/.
 
 The database holds every webhook received: it and its -wal/-shm are created 0600 whatever the umask, and an
 existing file's mode is left alone. Commands that only read open a store with `open_store(db, readonly=True)`,
@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 
 from receiver import create_app
 from receiver.app import MIN_FREE_BYTES
+from receiver.dev_secret import load_dev_secret, load_or_create_dev_secret, make_private_dir
 from receiver.errors import ConfigurationError, StoreUnavailable
 from receiver.stores.open import open_store
 from receiver.stores.protocol import EventFilter, Incoming
@@ -184,3 +185,20 @@ def test_healthz_is_503_when_the_disk_has_less_free_space_than_the_threshold(tmp
     roomy = create_app(db=str(tmp_path / "events.db"), secrets=[SECRET], min_free_bytes=1)
     with TestClient(roomy) as client:
         assert (client.get("/healthz").status_code, client.get("/healthz").json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o000])
+def test_the_dev_secret_folder_is_created_owner_only(tmp_path: Path, mask: int) -> None:
+    path = tmp_path / "project" / ".montra-hooks" / "dev-secret"
+    with umask(mask):
+        secret, created = load_or_create_dev_secret(path)
+    assert created and load_dev_secret(path) == secret
+    assert (mode(path.parent), mode(path)) == ("0o700", "0o600")
+
+
+def test_an_existing_state_folder_keeps_its_mode(tmp_path: Path) -> None:
+    folder = tmp_path / ".montra-hooks"
+    folder.mkdir()
+    folder.chmod(0o750)
+    make_private_dir(folder)
+    assert mode(folder) == "0o750"
