@@ -380,6 +380,10 @@ def check_store_file(path: str) -> None:
         with contextlib.closing(sqlite3.connect(_uri(path, "ro"), uri=True)) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as e:  # e.g. a WAL database whose -shm this user cannot open
+        raise ConfigurationError(
+            f"Cannot read the event store at {path}: {e}. Check the permissions of it and its folder."
+        ) from e
     except sqlite3.DatabaseError as e:
         raise ConfigurationError(f"{not_a_store[:-1]} ({e}).") from e
     if version < 1 or not {"events", "handler_runs"} <= tables:
