@@ -35,6 +35,9 @@ __all__ = ["DEFAULT_MAX_BODY", "MontraApp", "create_app", "secrets_from_env"]
 log = logging.getLogger("montra.receiver")
 
 DEFAULT_MAX_BODY = 1024 * 1024
+_MIB = 1024 * 1024
+MIN_FREE_BYTES = 64 * _MIB
+"""`/healthz` is 503 below this much free space on the store's disk (or 4 x max_body, if more)."""
 MAX_HEADER_BYTES = 32 * 1024
 """Request headers larger than this are refused (431): h11 bounds only headers that arrive in pieces."""
 
@@ -69,6 +72,7 @@ def create_app(
     inspect_token: str | None = None,
     stream_token: str | None = None,
     stream_keepalive: float = DEFAULT_KEEPALIVE,
+    min_free_bytes: int | None = None,
 ) -> MontraApp:
     """Build the receiver app, standalone or to mount in a Starlette or FastAPI app.
 
@@ -79,6 +83,8 @@ def create_app(
     Mounted, pass `app.lifespan` to the parent (`FastAPI(lifespan=app.lifespan)`).
     `stream_token` (default env `MONTRA_HOOKS_STREAM_TOKEN`) turns on `GET /stream`, the tunnel's source.
     `inspect=True` (or an `inspect_token`, default env `MONTRA_HOOKS_INSPECT_TOKEN`) turns on the `/inspect` pages.
+    `/healthz` answers 503 when the store's disk has less than `min_free_bytes` free (default: 64 MiB or
+    4 x `max_body`, whichever is more).
     """
     if secrets is None:
         secrets = secrets_from_env()
@@ -107,6 +113,7 @@ def create_app(
         settings=settings,
         stream_token=stream_token,
         stream_keepalive=stream_keepalive,
+        min_free_bytes=min_free_bytes if min_free_bytes is not None else max(MIN_FREE_BYTES, 4 * max_body),
     )
 
 
@@ -127,8 +134,10 @@ class MontraApp:
         inspect_token: str | None = None,
         stream_token: str | None = None,
         stream_keepalive: float = DEFAULT_KEEPALIVE,
+        min_free_bytes: int = 0,
     ) -> None:
         self.hooks = hooks
+        self.min_free_bytes = min_free_bytes
         self.verifier = verifier
         self.path = path
         self.max_body = max_body
@@ -331,11 +340,19 @@ class MontraApp:
         return JSONResponse({"service": "montra-webhooks", **{k: v for k, v in routes.items() if v is not None}})
 
     async def _healthz(self, request: Request) -> Response:
-        if await self.store.check_writable():
-            return JSONResponse({"status": "ok"})
-        return JSONResponse(
-            {"error": "store_unavailable", "message": "The event store cannot write to disk."}, status_code=503
-        )
+        store = self.store
+        # A real write: it fails on a read-only disk, and on a database file deleted or replaced while serving.
+        if not await store.check_writable():
+            message = "The event store cannot write (its log says why: a full disk, or its file deleted or replaced)."
+            return JSONResponse({"error": "store_unavailable", "message": message}, status_code=503)
+        free = store.free_space()
+        if free is not None and free < self.min_free_bytes:
+            message = (
+                f"Only {free / _MIB:.1f} MiB are free on the event store's disk, below the "
+                f"{self.min_free_bytes / _MIB:.1f} MiB kept for incoming webhooks: free some space."
+            )
+            return JSONResponse({"error": "low_disk_space", "message": message}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     async def _method_not_allowed(self, request: Request) -> Response:
         return JSONResponse(

@@ -7,10 +7,23 @@ from pathlib import Path
 
 from .verify import generate_secret
 
-__all__ = ["DEV_SECRET_FILE", "load_dev_secret", "load_or_create_dev_secret"]
+__all__ = ["DEV_SECRET_FILE", "load_dev_secret", "load_or_create_dev_secret", "make_private_dir"]
 
 DEV_SECRET_FILE = Path(".montra-hooks") / "dev-secret"
 """Relative to the working directory, as `montra-events.db` is."""
+
+
+def make_private_dir(folder: Path) -> None:
+    """Create `folder` (e.g. `.montra-hooks/`, which holds secrets and tokens) readable by this user only.
+
+    Created 0700 whatever the umask; an existing folder is left as it is.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    os.chmod(folder, 0o700)  # mkdir's mode passes through the umask; chmod's does not
 
 
 def load_dev_secret(path: Path = DEV_SECRET_FILE) -> str | None:
@@ -26,7 +39,7 @@ def load_or_create_dev_secret(path: Path = DEV_SECRET_FILE) -> tuple[str, bool]:
     existing = load_dev_secret(path)
     if existing is not None:
         return existing, False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     secret = generate_secret()
     temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import random
+import re
 import secrets
 import socket
 import time
@@ -26,7 +27,7 @@ from .errors import NoRetry, StoreUnavailable
 from .event import Event, RunStatus
 from .hooks import Hooks, Registration, is_async_callable
 from .pacing import AcknowledgementsFirst
-from .stores.protocol import EventFilter, Run, Store
+from .stores.protocol import PROCESS_DIED, EventFilter, Run, Store, is_takeover
 
 __all__ = ["BACKOFF_SCHEDULE", "DispatchSettings", "Dispatcher", "retry_delay"]
 
@@ -36,6 +37,8 @@ BACKOFF_SCHEDULE = (1, 5, 30, 120, 600, 3600)
 """Multiples of `backoff` to wait after the 1st, 2nd, ... failed try; the last repeats."""
 
 _MAX_ERROR_CHARS = 16_000
+_DIED_IN = re.compile(r", process (.+)\)\.$")
+"""The process named in the note a claim leaves in `last_error` when it takes over a dead process's try."""
 
 
 def retry_delay(attempts: int, backoff: float) -> float:
@@ -294,14 +297,11 @@ class Dispatcher:
             event = None if loaded is None else dataclasses.replace(loaded, attempt=run.attempts)
             if event is None:
                 outcome = Outcome("dead", "Not run: the event is no longer stored.")
-            elif run.attempts > max_attempts:
-                # Its process died during the last allowed try (its lease expired): no try is left.
+            elif run.attempts > max_attempts and is_takeover(run):
+                # A try counts when it starts: the process that died in the last allowed try used it up,
+                # so a poison event (os._exit, a segfault, the OOM killer) cannot crash-loop the receiver.
                 event = dataclasses.replace(event, attempt=run.attempts - 1)
-                outcome = Outcome(
-                    "dead",
-                    f"Gave up: the process running try {event.attempt} stopped before it ended.",
-                    attempts=event.attempt,
-                )
+                outcome = Outcome("dead", _died(run, max_attempts), attempts=event.attempt)
             else:
                 outcome = await self._try(registration, event, run, max_attempts)
             if handler_done is not None:
@@ -317,7 +317,11 @@ class Dispatcher:
             await registration.call(event, executor=self._threads)
         except NoRetry as e:
             return Outcome("dead", _describe(e))
-        except Exception as e:  # the merchant's code: any error is this run's failure, recorded with its traceback
+        except BaseException as e:
+            # The merchant's code: any error is this run's failure, recorded with its traceback. SystemExit and
+            # KeyboardInterrupt too: raised out of a task they would stop the event loop, and the receiver with it.
+            if _own_cancellation(e):  # our shutdown (stop) interrupting the handler: that must still cancel
+                raise
             return self._failed(run, max_attempts, _describe(e))
         return Outcome("succeeded")
 
@@ -379,8 +383,27 @@ class Dispatcher:
                     result = await loop.run_in_executor(self._threads, callback, event, handler, error)
                 if isinstance(result, Awaitable):
                     await result
-            except Exception:  # one broken alert must not stop the others
+            except BaseException as e:  # one broken alert must not stop the others, nor (sys.exit) the receiver
+                if _own_cancellation(e):
+                    raise
                 log.exception("on_dead callback %r failed", callback)
+
+
+def _own_cancellation(error: BaseException) -> bool:
+    """True for a CancelledError that cancels the current task (a shutdown); False for one a handler raised itself."""
+    task = asyncio.current_task()
+    return isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0
+
+
+def _died(run: Run, max_attempts: int) -> str:
+    """`last_error` of a run whose process died in its last allowed try (the claim's note names that process)."""
+    process = _DIED_IN.search(run.last_error or "")
+    return (
+        f"{PROCESS_DIED} (try {run.attempts - 1} of {max_attempts}"
+        f"{', process ' + process.group(1) if process else ''}): it ended without an outcome (os._exit, a signal, "
+        "a segfault or the out-of-memory killer) and its lease expired. No try is left: fix the handler, "
+        "then re-queue the run with `montra-hooks retry`."
+    )
 
 
 def _last_line(error: str | None) -> str:

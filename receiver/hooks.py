@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import inspect
@@ -132,8 +131,12 @@ async def _settle(result: object) -> None:
 
 async def _outlive(done: asyncio.Future[Any]) -> None:
     """Wait for a handler thread to return, whatever it returns; a second cancellation stops the wait."""
-    with contextlib.suppress(Exception):
+    try:
         await asyncio.shield(done)
+    except asyncio.CancelledError:
+        raise
+    except BaseException:  # noqa: S110 (what a late thread raised, sys.exit included, is no longer this try's)
+        pass
 
 
 class Hooks:

@@ -300,13 +300,16 @@ def test_a_process_killed_in_the_last_try_leaves_the_run_dead(serve: Serve, tmp_
     server = start(serve, tmp_path, "--lease", "1", "--max-attempts", "1")
     send(server, "msg_last", "customer.created", plan={"everything": {"sleep_first": 60}})
     wait_until(lambda: tries(read_log(log_path)), what="the handler to start")
+    first_owner = runs(tmp_path / "events.db")["msg_last", "everything"]["lease_owner"]
+    assert first_owner.split(":")[1] == str(server.proc.pid)  # type: ignore[union-attr]
     server.kill()
     server.start()
     row = settled(tmp_path / "events.db", 1)["msg_last", "everything"]
-    assert (row["status"], row["attempts"], row["last_error"]) == (
-        "dead",
-        1,
-        "Gave up: the process running try 1 stopped before it ended.",
+    assert (row["status"], row["attempts"]) == ("dead", 1)
+    assert row["last_error"] == (
+        f"The receiver's process died while this handler ran (try 1 of 1, process {first_owner}): it ended "
+        "without an outcome (os._exit, a signal, a segfault or the out-of-memory killer) and its lease expired. "
+        "No try is left: fix the handler, then re-queue the run with `montra-hooks retry`."
     )
     wait_until(lambda: [line for line in read_log(log_path) if line["phase"] == "dead"], what="on_dead")
     assert [(line["phase"], line["attempt"]) for line in read_log(log_path)] == [("start", 1), ("dead", 1)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,9 +21,10 @@ import pytest
 from conftest import query
 from postgres_support import pg_query
 
+from receiver.errors import ConfigurationError, StoreUnavailable
 from receiver.event import RunStatus
 from receiver.stores.open import is_postgres_url, open_store
-from receiver.stores.protocol import EventFilter, Incoming, Store, iso, parse_iso
+from receiver.stores.protocol import EventFilter, Incoming, Store, is_takeover, iso, parse_iso
 
 T = TypeVar("T")
 
@@ -851,3 +853,72 @@ def test_every_time_is_an_aware_utc_datetime_to_the_microsecond_and_the_instant_
 def _utc(t: float, *, plus_micros: int = 0) -> datetime:
     """`t` to the microsecond, as datetime rounds it."""
     return datetime.fromtimestamp(t, UTC) + timedelta(microseconds=plus_micros)
+
+
+# -- crash takeover, read-only stores, free space -----------------------------------------------
+
+
+def test_a_takeover_notes_in_last_error_that_the_process_died(store_url: str) -> None:
+    """Only a claim that takes a `running` run over (its process died) leaves the note; a fresh claim does not."""
+    t = now()
+
+    async def work(store: Store) -> list[tuple[str, int, str | None, bool]]:
+        await store.ingest(incoming("evt_1", at=t, handlers=["a"]))
+        [first] = await store.claim(owner="w1", handlers=["a"], now=t, lease=30, limit=10)
+        [taken] = await store.claim(owner="w2", handlers=["a"], now=t + 31, lease=30, limit=10)
+        [again] = await store.claim(owner="w3", handlers=["a"], now=t + 62, lease=30, limit=10)
+        assert await finish(store, "evt_1", "a", "failed", owner="w3", at=t + 63, next_attempt_at=t + 64)
+        [retried] = await store.claim(owner="w4", handlers=["a"], now=t + 65, lease=30, limit=10)
+        return [(r.lease_owner or "", r.attempts, r.last_error, is_takeover(r)) for r in (first, taken, again, retried)]
+
+    assert run(store_url, work) == [
+        ("w1", 1, None, False),
+        ("w2", 2, "The receiver's process died while this handler ran (try 1, process w1).", True),
+        ("w3", 3, "The receiver's process died while this handler ran (try 2, process w2).", True),
+        ("w4", 4, "a failed", False),  # a failed try's error stays until the next outcome replaces it
+    ]
+
+
+def test_a_read_only_store_needs_an_existing_store_and_never_writes(store_url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^No event store (at|in the database at) .*: .*--db"):
+        open_store(store_url, readonly=True)
+    t = now()
+    run(store_url, lambda store: store.ingest(incoming("evt_1", at=t, handlers=["a"])))
+
+    async def work(store: Store) -> tuple[list[str], list[str]]:
+        listed = [event.id for event in await store.list_events(EventFilter())]
+        refused = []
+        for write in (
+            lambda: store.ingest(incoming("evt_2", at=t)),
+            lambda: store.claim(owner="w1", handlers=["a"], now=t, lease=30, limit=10),
+            lambda: store.requeue(ids=["evt_1"], status=["pending"]),
+            lambda: store.prune(before=t + 1),
+        ):
+            with pytest.raises(StoreUnavailable) as raised:
+                await write()
+            refused.append(type(raised.value).__name__)
+        return listed, refused
+
+    async def main() -> tuple[list[str], list[str]]:
+        store = open_store(store_url, readonly=True)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    assert asyncio.run(main()) == (["evt_1"], ["StoreUnavailable"] * 4)
+    assert table(store_url, "SELECT id, status FROM events") == [("evt_1", "pending")]
+    assert table(store_url, "SELECT handler, status, attempts FROM handler_runs") == [("a", "pending", 0)]
+
+
+def test_free_space_is_the_sqlite_disks_and_unknown_for_postgres(store_url: str) -> None:
+    async def work(store: Store) -> int | None:
+        return store.free_space()
+
+    free = run(store_url, work)
+    if is_postgres_url(store_url):
+        assert free is None
+    else:
+        disk = os.statvfs(Path(store_url).parent)
+        assert isinstance(free, int) and free > 0
+        assert abs(free - disk.f_bavail * disk.f_frsize) < 64 * 1024 * 1024  # the same disk, give or take writes

@@ -16,11 +16,15 @@ DEFAULT_DB = "montra-events.db"
 """The SQLite file a store command uses when neither --db nor MONTRA_HOOKS_DB names one."""
 
 
-def open_store(db: str | os.PathLike[str]) -> Store:
-    """The store for `db`, created (and migrated) when it does not exist yet."""
+def open_store(db: str | os.PathLike[str], *, readonly: bool = False) -> Store:
+    """The store for `db`, created (and migrated) when it does not exist yet.
+
+    `readonly=True`, for commands that only read: an existing store, never created, migrated or written;
+    ConfigurationError, naming it, when it is missing, empty or not a montra-webhooks store.
+    """
     if is_postgres_url(db):
-        return _postgres()(os.fspath(db))
-    return SQLiteStore(db)
+        return _postgres()(os.fspath(db), readonly=readonly)
+    return SQLiteStore(db, readonly=readonly)
 
 
 def prepare_store(db: str | os.PathLike[str]) -> None:
@@ -31,7 +35,7 @@ def prepare_store(db: str | os.PathLike[str]) -> None:
         connect(os.fspath(db)).close()
 
 
-def _postgres() -> Callable[[str], Store]:
+def _postgres() -> Callable[..., Store]:
     try:
         from .postgres.store import PostgresStore
     except ImportError as e:

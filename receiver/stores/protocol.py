@@ -18,15 +18,18 @@ from ..event import EventStatus, RunStatus
 
 __all__ = [
     "MAX_REJECTIONS",
+    "PROCESS_DIED",
     "REDACTED",
     "REJECTED_BODY_BYTES",
     "SENSITIVE_HEADERS",
+    "TAKEOVER_NOTE",
     "EventFilter",
     "Incoming",
     "IngestResult",
     "Run",
     "Store",
     "StoredEvent",
+    "is_takeover",
     "iso",
     "iter_pages",
     "parse_iso",
@@ -140,6 +143,23 @@ class Run:
     duration_ms: float | None = None
 
 
+PROCESS_DIED = "The receiver's process died while this handler ran"
+"""How `last_error` begins once a claim has taken over a try whose process died (its lease expired)."""
+
+# An assignment for a claim's SET list, where the right-hand sides read the row as it was before the claim:
+# taking over a run still `running` means its process died mid-try, and the note says which try and process.
+TAKEOVER_NOTE = (
+    "last_error = CASE WHEN status = 'running' THEN '"
+    + PROCESS_DIED.replace("'", "''")
+    + " (try ' || attempts || ', process ' || coalesce(lease_owner, 'unknown') || ').' ELSE last_error END"
+)
+
+
+def is_takeover(run: Run) -> bool:
+    """True when the claim that returned `run` took it over from a process that died while it ran."""
+    return (run.last_error or "").startswith(PROCESS_DIED + " (try ")
+
+
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     """Which events to read. Type patterns: `subscription.upgraded`, `subscription.*`, `*`."""
@@ -169,6 +189,10 @@ class Store(Protocol):
     async def ingest(self, incoming: Incoming) -> IngestResult: ...
     def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None: ...
     async def check_writable(self) -> bool: ...
+    def free_space(self) -> int | None:
+        """Bytes free on the disk holding the store; None when it cannot tell (a database server's disk)."""
+        ...
+
     async def close(self) -> None: ...
 
     # Reading.

@@ -11,7 +11,7 @@ import psycopg
 
 from ...errors import ConfigurationError
 
-__all__ = ["BATCH_MARK", "SCHEMA_VERSION", "migrate"]
+__all__ = ["BATCH_MARK", "SCHEMA_VERSION", "check_schema", "migrate"]
 
 MIGRATION_LOCK = 0x6D6F6E7472610001
 """Advisory lock held while migrating: instances starting together migrate once."""
@@ -165,3 +165,22 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> None:
             conn.execute("INSERT INTO montra_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
         elif version < SCHEMA_VERSION:
             conn.execute("UPDATE montra_schema SET version = %s", (SCHEMA_VERSION,))
+
+
+def check_schema(conn: psycopg.Connection[tuple[object, ...]], *, name: str) -> None:
+    """Raise ConfigurationError, naming the store, unless the database holds one this version can read.
+
+    For read-only use: nothing is created or migrated.
+    """
+    exists = conn.execute("SELECT to_regclass('montra_schema') IS NOT NULL").fetchone()
+    row = conn.execute("SELECT max(version) FROM montra_schema").fetchone() if exists and exists[0] else None
+    version = int(str(row[0])) if row and row[0] is not None else 0
+    if version < 1:
+        raise ConfigurationError(
+            f"No event store in the database at {name}: pass the --db that `montra-hooks serve` uses."
+        )
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"The event store at {name} has schema version {version}, newer than this montra-webhooks "
+            f"understands ({SCHEMA_VERSION}): upgrade montra-webhooks."
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..protocol import TAKEOVER_NOTE
+
 __all__ = ["EVENT_COLUMNS", "INGEST", "PRUNE", "RUN_COLUMNS", "claim_sql"]
 
 EVENT_COLUMNS = "seq, id, type, occurred_at, received_at, headers, body, status"
@@ -61,7 +63,7 @@ WITH waiting AS (
     (SELECT * FROM waiting UNION ALL SELECT * FROM expired) LIMIT %(limit)s
 )
 UPDATE handler_runs r SET status = 'running', lease_owner = %(owner)s, lease_until = %(until)s,
-    attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, duration_ms = NULL
+    attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, duration_ms = NULL, {TAKEOVER_NOTE}
 FROM due WHERE r.event_id = due.event_id AND r.handler = due.handler
 RETURNING {returning}
 """

@@ -45,7 +45,7 @@ from ..protocol import (
     select_events_sql,
 )
 from .batches import Batches
-from .schema import migrate
+from .schema import check_schema, migrate
 from .sql import EVENT_COLUMNS, INGEST, PRUNE, RUN_COLUMNS, claim_sql
 
 __all__ = ["POOL_SIZE", "PostgresStore"]
@@ -68,13 +68,18 @@ _CHANNEL = "montra_events"
 class PostgresStore:
     """The `Store` on a PostgreSQL database. The schema is created or migrated when it is made."""
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, readonly: bool = False) -> None:
+        """`readonly=True`: an existing store, read only (ConfigurationError when there is none); nothing migrates."""
         self.path = redact_url(url)
+        self.readonly = readonly
         self._url = url
         self._pool_size = pool_size
         try:
             with psycopg.connect(url, connect_timeout=10) as conn:
-                migrate(conn)
+                if readonly:
+                    check_schema(conn, name=self.path)
+                else:
+                    migrate(conn)
         except psycopg.Error as e:
             reason = " ".join(str(e).split()).rstrip(".")  # libpq's message spans lines, with tabs
             raise ConfigurationError(f"Cannot open the event store at {self.path}: {reason}. Check --db.") from e
@@ -152,6 +157,10 @@ class PostgresStore:
         except StoreUnavailable:
             return False
         return True
+
+    def free_space(self) -> int | None:
+        """The database server's disk is not ours to see: the write in `check_writable` is the probe."""
+        return None
 
     async def claim(
         self, *, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None = None
@@ -336,6 +345,7 @@ class PostgresStore:
                 open=False,
                 timeout=POOL_TIMEOUT,
                 kwargs={"autocommit": True},
+                configure=_read_only if self.readonly else None,
                 name="montra",
             )
             self._pool_loop = loop
@@ -375,6 +385,11 @@ class _Connection:
         await self._context.__aexit__(kind, error, tb)
         if isinstance(error, psycopg.Error):  # callers know the Store interface, not psycopg
             raise StoreUnavailable(f"The event store failed: {error}.") from error
+
+
+async def _read_only(conn: psycopg.AsyncConnection[Any]) -> None:
+    # The server refuses every write on these connections: a read-only store cannot change the database.
+    await conn.execute("SET default_transaction_read_only = on")
 
 
 def _time(t: float) -> datetime:

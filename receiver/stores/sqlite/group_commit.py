@@ -33,8 +33,11 @@ BUSY_TIMEOUT_MS = 10_000
 class GroupCommit:
     """Runs write operations against `conn` in batches, each batch committed (and fsynced) once."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, before_commit: Callable[[], None] | None = None) -> None:
         self._conn = conn
+        # Called in the commit thread before each COMMIT (the store checks its file is still its own there):
+        # raising rolls the batch back, and every caller in it gets StoreUnavailable.
+        self._before_commit = before_commit
         self._pending: list[tuple[Op[Any], asyncio.Future[Any] | None]] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -84,7 +87,7 @@ class GroupCommit:
                     raise
                 await asyncio.get_running_loop().run_in_executor(self._thread, self._begin_waiting)
             results = [op(conn) for op, _ in batch]
-            await asyncio.get_running_loop().run_in_executor(self._thread, conn.execute, "COMMIT")
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._commit_now)
         except Exception as e:  # every caller in the batch is told, then the writer goes on
             self._rollback()
             log.error("store write failed, batch of %d rolled back: %s", len(batch), e)
@@ -97,6 +100,11 @@ class GroupCommit:
         for (_, future), result in zip(batch, results, strict=True):
             if future is not None and not future.done():
                 future.set_result(result)
+
+    def _commit_now(self) -> None:
+        if self._before_commit is not None:
+            self._before_commit()
+        self._conn.execute("COMMIT")
 
     def _begin_waiting(self) -> None:
         self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

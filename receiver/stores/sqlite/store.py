@@ -7,11 +7,13 @@ its own connection, so a long listing never holds up an acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -22,6 +24,7 @@ from ...event import RunStatus
 from ..protocol import (
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
+    TAKEOVER_NOTE,
     EventFilter,
     Incoming,
     IngestResult,
@@ -36,7 +39,7 @@ from ..protocol import (
 from .group_commit import BUSY_TIMEOUT_MS, GroupCommit
 from .schema import SCHEMA_VERSION, migrate
 
-__all__ = ["SQLiteStore", "connect", "select_events"]
+__all__ = ["SQLiteStore", "check_store_file", "connect", "select_events"]
 
 
 T = TypeVar("T")
@@ -67,9 +70,16 @@ _UNFINISHED = "event_id = ? AND (status IN ('pending', 'failed', 'dead') OR (sta
 
 
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the database with the pragmas every connection needs; create and migrate it when writable."""
+    """Open the database with the pragmas every connection needs; create and migrate it when writable.
+
+    A read-only connection never creates the file: a missing one is a ConfigurationError.
+    """
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if readonly:
+            conn = sqlite3.connect(_uri(path, "ro"), uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            _create_private(path)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
         if readonly:
@@ -85,15 +95,29 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 class SQLiteStore:
-    """The `Store` on one SQLite file. Create it anywhere; it binds to the event loop that first uses it."""
+    """The `Store` on one SQLite file. Create it anywhere; it binds to the event loop that first uses it.
 
-    def __init__(self, path: str | os.PathLike[str], *, readers: int = 4) -> None:
+    `readonly=True` opens an existing store for reading only (the CLI's listing commands): it never
+    creates, migrates or writes the file, and raises ConfigurationError naming it when it is missing,
+    empty or not a montra-webhooks store. Its write methods raise StoreUnavailable.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, readers: int = 4, readonly: bool = False) -> None:
         self.path = os.fspath(path)
-        self._writer = connect(self.path)
-        # The writer runs BEGIN on the event loop: it must never sleep in SQLite's busy handler there.
-        # A BEGIN that finds the lock taken waits in GroupCommit's thread instead.
-        self._writer.execute("PRAGMA busy_timeout = 0")
-        self._commits = GroupCommit(self._writer)
+        self.readonly = readonly
+        self._where = os.path.abspath(self.path)  # what `_check_identity` stats, whatever the cwd becomes
+        self._identity: tuple[int, int] | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._group: GroupCommit | None = None
+        if readonly:
+            check_store_file(self.path)
+        else:
+            self._writer = connect(self.path)
+            self._identity = _identity(self.path)
+            # The writer runs BEGIN on the event loop: it must never sleep in SQLite's busy handler there.
+            # A BEGIN that finds the lock taken waits in GroupCommit's thread instead.
+            self._writer.execute("PRAGMA busy_timeout = 0")
+            self._group = GroupCommit(self._writer, before_commit=self._check_identity)
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="montra-read")
@@ -102,6 +126,39 @@ class SQLiteStore:
         return f"SQLiteStore({self.path!r})"
 
     # -- writing ---------------------------------------------------------------------------
+
+    @property
+    def _commits(self) -> GroupCommit:
+        if self._group is None:
+            raise StoreUnavailable(f"The event store at {self.path} is open read-only: nothing can be written to it.")
+        return self._group
+
+    def _check_identity(self) -> None:
+        """Refuse to commit into a file that is no longer the one at `path` (deleted, moved or replaced).
+
+        SQLite keeps writing to the file it opened, even unlinked: without this, events acknowledged
+        after `rm events.db` would be lost at the next start. Runs in the commit thread, once per batch.
+        """
+        if self._identity is None:  # ":memory:" or a temporary database: no file to lose
+            return
+        try:
+            found: tuple[int, int] | None = _identity(self._where)
+        except FileNotFoundError:
+            found = None
+        if found != self._identity:
+            what = "deleted or moved" if found is None else "replaced by another file"
+            raise StoreUnavailable(
+                f"the database file {self.path} was {what} while the receiver ran, so nothing more is written "
+                "to the old one; restart the receiver to open the file now at that path"
+            )
+
+    def free_space(self) -> int | None:
+        """Bytes free (for this user) on the disk holding the database file."""
+        try:
+            disk = os.statvfs(os.path.dirname(self._where))
+        except OSError:
+            return None
+        return disk.f_bavail * disk.f_frsize
 
     async def ingest(self, incoming: Incoming) -> IngestResult:
         headers = json.dumps(redact(incoming.headers))
@@ -164,7 +221,7 @@ class SQLiteStore:
             selection_params = [*handlers, event_id, stamp, limit]
         sql = (
             "UPDATE handler_runs SET status = 'running', lease_owner = ?, lease_until = ?, "
-            "attempts = attempts + 1, started_at = ?, finished_at = NULL, duration_ms = NULL "
+            f"attempts = attempts + 1, started_at = ?, finished_at = NULL, duration_ms = NULL, {TAKEOVER_NOTE} "
             f"WHERE rowid IN ({selection}) RETURNING {_RUN_COLUMNS}"
         )
         params = (owner, iso(now + lease), stamp, *selection_params)
@@ -295,11 +352,79 @@ class SQLiteStore:
         return fn(conn, *args)
 
     async def close(self) -> None:
-        await self._commits.close()
+        if self._group is not None:
+            await self._group.close()
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def check_store_file(path: str) -> None:
+    """Raise ConfigurationError, naming `path`, unless it is an existing montra-webhooks store; change nothing."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"No event store at {path}: the file does not exist. Pass the --db that `montra-hooks serve` uses."
+        ) from None
+    except OSError as e:
+        raise ConfigurationError(f"Cannot read the event store at {path}: {e.strerror}. Check --db.") from e
+    if os.path.isdir(path):
+        raise ConfigurationError(f"{path} is a folder, not an event store: pass the database file as --db.")
+    if size == 0:
+        raise ConfigurationError(
+            f"{path} is empty (0 bytes), not an event store: pass the --db that `montra-hooks serve` uses."
+        )
+    not_a_store = f"{path} is not a montra-webhooks event store: pass the --db that `montra-hooks serve` uses."
+    try:
+        with contextlib.closing(sqlite3.connect(_uri(path, "ro"), uri=True)) as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as e:  # e.g. a WAL database whose -shm this user cannot open
+        raise ConfigurationError(
+            f"Cannot read the event store at {path}: {e}. Check the permissions of it and its folder."
+        ) from e
+    except sqlite3.DatabaseError as e:
+        raise ConfigurationError(f"{not_a_store[:-1]} ({e}).") from e
+    if version < 1 or not {"events", "handler_runs"} <= tables:
+        raise ConfigurationError(not_a_store)
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"The event store at {path} has schema version {version}, newer than this montra-webhooks "
+            f"understands ({SCHEMA_VERSION}): upgrade montra-webhooks."
+        )
+
+
+def _create_private(path: str) -> None:
+    """Create a new database file readable by its owner only; SQLite gives its -wal and -shm the same mode.
+
+    It holds every webhook received. An existing file is left as it is: its mode is its owner's choice.
+    """
+    if path in ("", ":memory:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:  # it exists, or cannot be made: sqlite3.connect opens it or says why it cannot
+        return
+    try:
+        os.fchmod(fd, 0o600)  # open()'s mode passes through the umask; fchmod's does not
+    finally:
+        os.close(fd)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the database file; None for a database with no file."""
+    if path in ("", ":memory:"):
+        return None
+    found = os.stat(path)
+    return (found.st_dev, found.st_ino)
+
+
+def _uri(path: str, mode: str) -> str:
+    """A `file:` URI for `path` (any character in it quoted) that opens it in `mode` (ro, rw) and never creates it."""
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}"
 
 
 def select_events(conn: sqlite3.Connection, selection: EventFilter) -> list[StoredEvent]:
