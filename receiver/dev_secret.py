@@ -7,10 +7,18 @@ from pathlib import Path
 
 from .verify import generate_secret
 
-__all__ = ["DEV_SECRET_FILE", "load_dev_secret", "load_or_create_dev_secret"]
+__all__ = ["DEV_SECRET_FILE", "load_dev_secret", "load_or_create_dev_secret", "secrets_from_env"]
 
 DEV_SECRET_FILE = Path(".montra-hooks") / "dev-secret"
 """Relative to the working directory, as `montra-events.db` is."""
+
+
+def secrets_from_env() -> list[str]:
+    """Secrets from `MONTRA_HOOKS_SECRETS` (comma-separated), if set.
+
+    Here, not only in `receiver.app`, so the CLI's senders find them without loading Starlette.
+    """
+    return [s.strip() for s in os.environ.get("MONTRA_HOOKS_SECRETS", "").split(",") if s.strip()]
 
 
 def load_dev_secret(path: Path = DEV_SECRET_FILE) -> str | None:
