@@ -204,12 +204,10 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path, monkeypatch:
         port = taken.getsockname()[1]
         result = CliRunner().invoke(cli, ["serve", "--port", str(port), "--db", str(tmp_path / "e.db")])
     assert result.exit_code == 2, result.output
-    assert result.output.splitlines()[-1] == (
+    assert result.output.splitlines() == [
         f"Error: Port {port} on 127.0.0.1 is already in use (another montra-hooks serve?): "
         f"stop it, or pass --port with a free port, e.g. --port {port + 1}."
-    )
-    assert "receiving on" not in result.output  # no banner
-    assert "Traceback" not in result.output
+    ]
     assert list(tmp_path.iterdir()) == []  # neither a dev secret nor a store was created
 
 
@@ -220,8 +218,7 @@ def test_serve_on_a_port_in_use_as_a_process(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = python("-m", "replay", "serve", "--port", str(port), "--db", str(tmp_path / "e.db"), cwd=tmp_path)
     assert (result.returncode, result.stdout) == (2, "")
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == [
+    assert result.stderr.splitlines() == [
         f"Error: Port {port} on 127.0.0.1 is already in use (another montra-hooks serve?): "
         f"stop it, or pass --port with a free port, e.g. --port {port + 1}."
     ]

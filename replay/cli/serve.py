@@ -21,7 +21,7 @@ from receiver.stores.open import DEFAULT_DB, prepare_store, redact_url
 
 from .options import DEFAULT_TO, db_option, load_hooks
 
-__all__ = ["check_port", "serve"]
+__all__ = ["PortInUse", "check_port", "serve"]
 
 
 @click.command()
@@ -149,6 +149,12 @@ def serve(
     )
 
 
+class PortInUse(click.ClickException):
+    """Exit 2 as a usage error does, but in one line: the command was right, the port is not free."""
+
+    exit_code = 2
+
+
 def check_port(host: str, port: int) -> None:
     """Bind (host, port) once and let go, as uvicorn will: a usage error, in one line, when it cannot."""
     if port == 0:
@@ -165,7 +171,7 @@ def check_port(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise click.UsageError(
+                raise PortInUse(
                     f"Port {port} on {host} is already in use (another montra-hooks serve?): "
                     f"stop it, or pass --port with a free port, e.g. --port {port + 1 if port < 65535 else 8001}."
                 ) from e
