@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from receiver.errors import ConfigurationError
 from receiver.hooks import Hooks, import_hooks
+from receiver.stores.sqlite.store import connect
 from replay.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +161,15 @@ print(json.dumps({"exit": code, "web": web}))
 """
 
 
+@pytest.fixture(scope="module")
+def light_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding an empty store and a handlers module that needs nothing but receiver."""
+    folder = tmp_path_factory.mktemp("light")
+    (folder / "handlers_light.py").write_text("from receiver import Hooks\nhooks = Hooks()\n")
+    connect(str(folder / "events.db")).close()
+    return folder
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -174,22 +184,9 @@ print(json.dumps({"exit": code, "web": web}))
     ],
     ids=" ".join,
 )
-def test_read_commands_do_not_load_the_web_stack(tmp_path: Path, command: list[str]) -> None:
-    (tmp_path / "handlers_light.py").write_text("from receiver import Hooks\nhooks = Hooks()\n")
-    db = tmp_path / "events.db"
-    made = python("-m", "replay", "events", "list", "--db", str(db), cwd=tmp_path)  # no store yet: exit 2
-    assert made.returncode == 2, made.stderr
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"import sqlite3; from receiver.stores.sqlite.store import connect; connect({str(db)!r})",
-        ],
-        check=True,
-        timeout=60,
-    )
-    env = {**os.environ, "MONTRA_HOOKS_DB": str(db)}
-    result = python("-c", _LOADED, *command, cwd=tmp_path, env=env)
+def test_read_commands_do_not_load_the_web_stack(light_dir: Path, command: list[str]) -> None:
+    env = {**os.environ, "MONTRA_HOOKS_DB": str(light_dir / "events.db")}
+    result = python("-c", _LOADED, *command, cwd=light_dir, env=env)
     outcome = json.loads(result.stdout.splitlines()[-1])
     expected_exit = 2 if command[:2] == ["events", "show"] else 0
     assert outcome == {"exit": expected_exit, "web": []}, result.stdout + result.stderr

@@ -156,6 +156,7 @@ def db_option(fn: F) -> F:
     return click.option(
         "--db",
         envvar="MONTRA_HOOKS_DB",
+        metavar="FILE|URL",
         default=DEFAULT_DB,
         show_default=True,
         help="The event store: a SQLite file, or a postgresql:// URL (env MONTRA_HOOKS_DB).",
