@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from receiver.stores.open import redact_url
-from receiver.stores.protocol import EventFilter, Run, Store, StoredEvent
+from receiver.stores.protocol import EventFilter, Run, Store, StoredEvent, iso
 
-from .options import db_option, event_filter_options, json_option, run_on_store, store_time
+from .options import db_option, event_filter_options, json_option, run_on_store
 
 __all__ = ["event_json", "events"]
 
@@ -50,8 +50,8 @@ def events_list(
     selection = EventFilter(
         types=types,
         status=statuses,
-        since=store_time(since),
-        until=store_time(until),
+        since=since,
+        until=until,
         limit=limit,
         newest_first=True,
     )
@@ -66,7 +66,7 @@ def events_list(
     id_width, type_width = max(len(r.id) for r in rows), max(len(r.type) for r in rows)
     click.echo(f"{'SEQ':>6}  {'ID':<{id_width}}  {'TYPE':<{type_width}}  {'STATUS':<9}  RECEIVED")
     for r in rows:
-        click.echo(f"{r.seq:>6}  {r.id:<{id_width}}  {r.type:<{type_width}}  {r.status:<9}  {r.received_at}")
+        click.echo(f"{r.seq:>6}  {r.id:<{id_width}}  {r.type:<{type_width}}  {r.status:<9}  {iso(r.received_at)}")
 
 
 @events.command("show")
@@ -93,14 +93,14 @@ def events_show(db: str, event_id: str, as_json: bool) -> None:
         click.echo(json.dumps({**event_json(event), "runs": [_run_json(run) for run in runs]}))
         return
     click.echo(f"{event.type} [{event.id}]  seq {event.seq}  {event.status}")
-    click.echo(f"received {event.received_at}" + (f", occurred {event.occurred_at}" if event.occurred_at else ""))
+    click.echo(f"received {iso(event.received_at)}" + (f", occurred {event.occurred_at}" if event.occurred_at else ""))
     for name, value in sorted(event.headers.items()):
         click.echo(f"  {name}: {value}")
     click.echo(_body_text(event.body))
     for run in runs:
         click.echo(f"\n{run.handler}: {run.status}, {run.attempts} attempt(s)")
         if run.next_attempt_at and run.status == "failed":
-            click.echo(f"  next attempt at {run.next_attempt_at}")
+            click.echo(f"  next attempt at {iso(run.next_attempt_at)}")
         if run.last_error:
             click.echo("  " + run.last_error.rstrip().replace("\n", "\n  "))
 
@@ -113,14 +113,15 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
         "type": event.type,
         "status": event.status,
         "occurred_at": event.occurred_at,
-        "received_at": event.received_at,
+        "received_at": iso(event.received_at),
         "headers": event.headers,
         **event.body_json(),
     }
 
 
 def _run_json(run: Run) -> dict[str, Any]:
-    return {name: getattr(run, name) for name in run.__slots__}
+    values = {name: getattr(run, name) for name in run.__slots__}
+    return {name: iso(value) if isinstance(value, datetime) else value for name, value in values.items()}
 
 
 def _body_text(body: bytes) -> str:

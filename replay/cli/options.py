@@ -49,7 +49,6 @@ __all__ = [
     "run_on_store",
     "secret_option",
     "sending_secret",
-    "store_time",
     "target_url",
     "timeout_option",
     "to_option",
@@ -142,11 +141,6 @@ DURATION = Duration()
 WHEN = When()
 PATTERN = Pattern()
 ASSIGNMENT = Assignment()
-
-
-def store_time(moment: datetime | None) -> str | None:
-    """A time as the Store protocol's filters take it (ISO UTC text with microseconds)."""
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # --- the store --------------------------------------------------------------------------------------------

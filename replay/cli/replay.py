@@ -29,7 +29,6 @@ from .options import (
     open_existing_store,
     secret_option,
     sending_secret,
-    store_time,
     target_url,
     timeout_option,
     to_option,
@@ -145,9 +144,7 @@ def replay(
             raise click.UsageError(str(e)) from e
         ok = asyncio.run(run.from_list(events))
     else:
-        selection = EventFilter(
-            ids=ids, types=types, status=statuses, since=store_time(since), until=store_time(until), limit=limit
-        )
+        selection = EventFilter(ids=ids, types=types, status=statuses, since=since, until=until, limit=limit)
         ok = asyncio.run(run.from_store(open_existing_store(db), selection))
     if not ok:
         raise SystemExit(1)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shlex
-import shutil
 import socket
-import sys
 from collections.abc import Sequence
 
 import click
 
+from receiver.command import command_name
 from receiver.dev_secret import DEV_SECRET_FILE, load_or_create_dev_secret, secrets_from_env
 from receiver.errors import ConfigurationError
 from receiver.hooks import Hooks
@@ -129,7 +127,7 @@ def serve(
         who = "log in with the --inspect-token" if inspect_token else "this machine only"
         click.echo(f"  inspect:  http://{shown_host}:{port}/inspect ({who})")
     click.echo("  delivery to handlers is at least once: make them idempotent on event.id")
-    command = _command_name()
+    command = command_name()  # as the shell finds it: from `make run` it is not on PATH
     target = f"http://{shown_host}:{port}{path}"
     to = "" if target == DEFAULT_TO else f" --to {target}"
     listing = f"{command} events list" + ("" if db == DEFAULT_DB else f" --db {shlex.quote(redact_url(db))}")
@@ -178,14 +176,3 @@ def check_port(host: str, port: int) -> None:
             raise click.UsageError(
                 f"Cannot listen on {host} port {port}: {e.strerror}. Check --host and --port."
             ) from e
-
-
-def _command_name() -> str:
-    """`montra-hooks`, or the path of the running command when that is not on PATH (as from `make run`)."""
-    command = "montra-hooks"
-    if shutil.which(command):
-        return command
-    if os.path.basename(sys.argv[0]) == "__main__.py":  # `python -m replay`
-        return f"{shlex.quote(sys.executable)} -m replay"
-    command = os.path.relpath(sys.argv[0])
-    return os.path.abspath(sys.argv[0]) if command.startswith("..") else command
