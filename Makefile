@@ -13,6 +13,7 @@ STAMP := $(VENV)/.installed
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
 $(STAMP): pyproject.toml
+	@echo "Installing montra-webhooks and its dev tools into $(VENV)/ (first run, or pyproject.toml changed; about 30 s)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -11,6 +11,8 @@ Run `python bench/run.py [NAME]...` to run only some (e.g. `python bench/run.py 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import sys
 import time
 import traceback
@@ -18,6 +20,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+VENV_PYTHON = HERE.parent / ".venv" / "bin" / "python"
+_NEEDED = ("starlette", "uvicorn", "httpx", "sqlite_utils", "receiver")
+
+
+def missing_dependencies() -> list[str]:
+    """The packages the benchmarks import that this Python cannot find."""
+    return [name for name in _NEEDED if importlib.util.find_spec(name) is None]
+
+
+def ensure_environment(argv: list[str]) -> None:
+    """Run under the project's .venv when this Python lacks its packages, or say in one line how to get it."""
+    missing = missing_dependencies()
+    if not missing:
+        return
+    if VENV_PYTHON.exists() and Path(sys.executable).absolute() != VENV_PYTHON.absolute():
+        os.execv(VENV_PYTHON, [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
+    sys.exit(
+        f"bench/run.py: this Python ({sys.executable}) lacks {', '.join(missing)}: "
+        "run `make bench`, which installs the project into .venv first."
+    )
 
 
 def discover() -> list[str]:
@@ -32,6 +54,7 @@ def load(name: str) -> Callable[[], dict[str, float]] | None:
 
 
 def main(argv: list[str]) -> int:
+    ensure_environment(argv)
     # Benchmarks import each other's helpers by module name, and `receiver` from the checkout.
     for folder in (str(HERE), str(HERE.parent)):
         if folder not in sys.path:

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
+from .dev_secret import secrets_from_env
 from .dispatch import Dispatcher, DispatchSettings
 from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, VerificationError
 from .event import parse_envelope
@@ -30,7 +31,7 @@ from .stores.protocol import Incoming, Store
 from .stream import DEFAULT_KEEPALIVE, EventStream
 from .verify import Verifier
 
-__all__ = ["DEFAULT_MAX_BODY", "MontraApp", "create_app", "secrets_from_env"]
+__all__ = ["DEFAULT_MAX_BODY", "MontraApp", "create_app"]
 
 log = logging.getLogger("montra.receiver")
 
@@ -48,11 +49,6 @@ _STATUS_OF_REASON = {
     "invalid_signature": 401,
 }
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def secrets_from_env() -> list[str]:
-    """Secrets from `MONTRA_HOOKS_SECRETS` (comma-separated), if set."""
-    return [s.strip() for s in os.environ.get("MONTRA_HOOKS_SECRETS", "").split(",") if s.strip()]
 
 
 def create_app(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .verify import generate_secret
 
-__all__ = ["DEV_SECRET_FILE", "load_dev_secret", "load_or_create_dev_secret", "make_private_dir"]
+__all__ = ["DEV_SECRET_FILE", "load_dev_secret", "load_or_create_dev_secret", "make_private_dir", "secrets_from_env"]
 
 DEV_SECRET_FILE = Path(".montra-hooks") / "dev-secret"
 """Relative to the working directory, as `montra-events.db` is."""
@@ -24,6 +24,14 @@ def make_private_dir(folder: Path) -> None:
     except FileExistsError:
         return
     os.chmod(folder, 0o700)  # mkdir's mode passes through the umask; chmod's does not
+
+
+def secrets_from_env() -> list[str]:
+    """Secrets from `MONTRA_HOOKS_SECRETS` (comma-separated), if set.
+
+    Here, not only in `receiver.app`, so the CLI's senders find them without loading Starlette.
+    """
+    return [s.strip() for s in os.environ.get("MONTRA_HOOKS_SECRETS", "").split(",") if s.strip()]
 
 
 def load_dev_secret(path: Path = DEV_SECRET_FILE) -> str | None:

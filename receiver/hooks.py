@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import importlib
 import inspect
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -21,6 +24,7 @@ __all__ = [
     "HandlerTimeout",
     "Hooks",
     "Registration",
+    "import_hooks",
     "is_async_callable",
     "matches",
     "validate_pattern",
@@ -259,3 +263,27 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+
+
+def import_hooks(spec: str) -> Hooks:
+    """Import `module:attribute` (the working directory importable, as uvicorn does) and return its Hooks.
+
+    >>> hooks = import_hooks("examples.handlers:hooks")  # doctest: +SKIP
+
+    Raises ConfigurationError when the spec is malformed, the module does not import, or the
+    attribute is not a `Hooks`.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"{spec!r} is not MODULE:HOOKS, e.g. examples.handlers:hooks.")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigurationError(f"cannot import {module_name!r}: {e}.") from e
+    hooks = getattr(module, attribute, None)
+    if not isinstance(hooks, Hooks):
+        found = type(hooks).__name__ if hooks is not None else "nothing"
+        raise ConfigurationError(f"{spec} is {found}, not a receiver.Hooks.")
+    return hooks

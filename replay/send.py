@@ -18,11 +18,12 @@ import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from receiver.verify import sign
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["REPLAY_OF_HEADER", "HttpTarget", "Outgoing", "Result", "pump", "replay_id"]
 
@@ -101,6 +102,9 @@ class HttpTarget:
         connections: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        # Imported here, not at the top: `replay --dry-run` and the read-only commands never load httpx.
+        import httpx
+
         sign(b"", secret=secret)  # a bad secret fails here, once, as a ConfigurationError
         self.url = url
         self.keep_id = keep_id
@@ -135,6 +139,8 @@ class HttpTarget:
 
     async def send(self, event: Outgoing) -> Result:
         """POST one event and read the receiver's answer; transport errors become a Result too."""
+        import httpx
+
         sent_as = event.id if self.keep_id else replay_id(event.original_id)
         headers = {"content-type": "application/json", **sign(event.body, secret=self._secret, msg_id=sent_as)}
         if sent_as != event.id:
@@ -173,6 +179,8 @@ def _read_answer(response: httpx.Response) -> tuple[str | None, str]:
 
 
 def _transport_error(error: httpx.TransportError, url: str) -> str:
+    import httpx
+
     if isinstance(error, httpx.ConnectError):
         return f"cannot connect to {url}: is the receiver running? ({error or type(error).__name__})"
     if isinstance(error, httpx.TimeoutException):

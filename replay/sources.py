@@ -19,11 +19,20 @@ from typing import Any
 from receiver.hooks import matches
 from receiver.stores.protocol import EventFilter, Store
 
-from .fixtures import Catalogue
+from .fixtures import Assignments, Catalogue
 from .paths import FixtureError
 from .send import Outgoing
 
-__all__ = ["count_events", "encode_event", "fixture_events", "fixture_names", "outgoing", "snapshot", "stored_events"]
+__all__ = [
+    "build_events",
+    "count_events",
+    "encode_event",
+    "fixture_events",
+    "fixture_names",
+    "outgoing",
+    "snapshot",
+    "stored_events",
+]
 
 
 async def snapshot(store: Store, selection: EventFilter) -> EventFilter:
@@ -65,6 +74,13 @@ def outgoing(envelope: Mapping[str, Any]) -> Outgoing:
     ):
         raise FixtureError(f"The event id {event_id!r} is not a webhook-id: 1 to 256 ASCII characters, no spaces.")
     return Outgoing(event_id, str(envelope.get("type")), encode_event(envelope))
+
+
+def build_events(
+    catalogue: Catalogue, name: str, *, assignments: Assignments = (), removals: Sequence[str] = ()
+) -> list[Outgoing]:
+    """Build a type's event (or a scenario's), `set`/`remove` applied, ready to send; FixtureError if it cannot."""
+    return [outgoing(envelope) for envelope in catalogue.build(name, set=assignments, remove=removals)]
 
 
 def fixture_names(folders: Sequence[Path]) -> list[str]:

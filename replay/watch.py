@@ -20,8 +20,7 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from receiver.cli import import_hooks
-from receiver.hooks import Hooks
+from receiver.hooks import Hooks, import_hooks
 
 from .fixtures import Catalogue
 from .inprocess import AppTarget

@@ -27,7 +27,7 @@ from receiver import sign
 pytest_plugins = ["postgres_support"]
 
 MONTRA_HOOKS = Path(sys.executable).parent / "montra-hooks"
-"""The venv's console script (replay/cli.py has no `__main__`, so `python -m` cannot run it)."""
+"""The venv's console script, as a user runs it (`python -m replay` runs the same CLI)."""
 
 START_TIMEOUT = 20.0
 """Seconds a server may take to answer `/healthz` after it is started (longer under strace)."""

@@ -298,3 +298,42 @@ def test_which_hosts_are_loopback(host: str, expected: bool) -> None:
     from receiver.loopback import is_loopback
 
     assert is_loopback(host) is expected
+
+
+def test_events_list_until(db: Path) -> None:
+    assert listed(ok("events", "list", "--db", str(db), "--until", "12h")) == ["evt_sched", "evt_up", "evt_old"]
+    assert listed(ok("events", "list", "--db", str(db), "--since", "7d", "--until", "12h")) == ["evt_sched", "evt_up"]
+
+
+def test_fixture_folders_from_the_environment_do_not_switch_replay_off_the_store(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "invoice.finalized.json").write_text('{"type": "invoice.finalized", "data": {"total": 5}}')
+    monkeypatch.setenv("MONTRA_HOOKS_FIXTURES", str(folder))
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    common = ["replay", "--db", str(db), "--to", "http://127.0.0.1:9/webhooks", "--secret", secret, "--dry-run"]
+    from_store = ok(*common, "--type", "subscription.*")
+    assert from_store.splitlines() == [
+        "seq 2: subscription.upgraded [evt_up] as a new id",
+        "seq 3: subscription.scheduled_change.created [evt_sched] as a new id",
+        "Dry run: 2 event(s) would go to http://127.0.0.1:9/webhooks; nothing was sent.",
+    ]
+    from_folder = ok(*common, "--fixtures", str(folder), "--json")
+    [line] = [json.loads(text) for text in from_folder.splitlines()]
+    assert (line["type"], line["seq"], line["dry_run"]) == ("invoice.finalized", None, True)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("--older-than", "1y", "Invalid value for --older-than: '1y' is not a duration"),
+        ("--since", "soon", "Invalid value for --since: 'soon' is neither a time nor a duration"),
+        ("--until", "2026-13-01", "Invalid value for --until: '2026-13-01' is neither"),
+        ("--type", "sub*", "Invalid value for --type: Bad event pattern 'sub*'"),
+    ],
+)
+def test_shared_option_types_name_the_option(db: Path, option: str, value: str, fragment: str) -> None:
+    command = ["prune"] if option == "--older-than" else ["events", "list"]
+    assert_usage_error(invoke(*command, "--db", str(db), option, value), fragment)

@@ -28,11 +28,11 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from receiver import Event, Hooks, NoRetry, create_app, sign
-from receiver.cli import cli
 from receiver.dispatch import Dispatcher, DispatchSettings
 from receiver.pacing import AcknowledgementsFirst
 from receiver.stores.open import open_store
 from receiver.stores.protocol import Incoming
+from replay.cli import cli
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from conftest import ServerProcess, signed_post
 from dispatch_support import SECRET, envelope, event_status, install_recording_app, read_log, runs, settled, wait_until
 
-from receiver.cli import cli
+from replay.cli import cli
 
 Serve = Callable[..., ServerProcess]
 

@@ -20,13 +20,13 @@ from click.testing import CliRunner
 from postgres_support import pg_query, postgres_base_url
 from test_store_contract import bounds_reaching, finish, incoming, run
 
-from receiver.cli import cli
 from receiver.errors import ConfigurationError, StoreUnavailable
 from receiver.event import RunStatus
 from receiver.stores.open import open_store
 from receiver.stores.postgres.schema import SCHEMA_VERSION
 from receiver.stores.postgres.store import MAX_PENDING_REJECTIONS
 from receiver.stores.protocol import EventFilter, Store
+from replay.cli import cli
 
 T = TypeVar("T")
 

@@ -341,7 +341,10 @@ def test_in_process_dry_run_names_the_handlers_that_would_run(source: Path, hand
         (["--to", "http://127.0.0.1:9/x", "--in-order", "--concurrency", "4"], "Error: --in-order sends one event"),
         (["--to", "http://127.0.0.1:9/x", "--type", "sub*"], "Invalid value for --type: Bad event pattern 'sub*'"),
         (["--to", "http://127.0.0.1:9/x", "--status", "lost"], "Invalid value for '--status': 'lost' is not one of"),
-        (["--to", "http://127.0.0.1:9/x", "--since", "yesterday"], "Error: Invalid value: 'yesterday' is neither"),
+        (
+            ["--to", "http://127.0.0.1:9/x", "--since", "yesterday"],
+            "Error: Invalid value for --since: 'yesterday' is neither",
+        ),
         (["--to", "http://192.0.2.1/webhooks"], "Error: 192.0.2.1 is not on loopback: pass --allow-remote"),
         (["--to", "http://127.0.0.1:9/x", "--db", "missing.db"], "Error: No event store at missing.db"),
         (["--app", "nowhere_at_all:hooks"], "Invalid value for --app: cannot import 'nowhere_at_all'"),

@@ -1,4 +1,4 @@
-"""The `montra-hooks` command: the receiver's commands plus replay's (trigger, replay, watch, listen, fixtures)."""
+"""`montra-hooks listen`: the laptop side of the tunnel."""
 
 from __future__ import annotations
 
@@ -8,26 +8,15 @@ from urllib.parse import urlsplit
 
 import click
 
-from receiver.cli import cli
-from receiver.errors import ConfigurationError, MontraHooksError
-from receiver.hooks import validate_pattern
+from receiver.errors import MontraHooksError
 from receiver.loopback import is_loopback
 
-from .commands import fixtures, trigger, watch
-from .listen import CursorFile, Listener, ListenError, ListenSettings, default_state_path, run_until_stopped
-from .options import check_target, secret_option, signing_secret
-from .replay import replay
+from .options import PATTERN, json_option, secret_option, sending_secret, target_url
 
-__all__ = ["cli", "main"]
-
-# fixtures list|show, trigger, replay, watch: defined beside their code, registered here.
-cli.add_command(fixtures)
-cli.add_command(trigger)
-cli.add_command(replay)
-cli.add_command(watch)
+__all__ = ["listen"]
 
 
-@cli.command()
+@click.command()
 @click.option("--from", "source", required=True, metavar="URL", help="The relay's base URL; listen reads URL/stream.")
 @click.option(
     "--token",
@@ -41,7 +30,11 @@ cli.add_command(watch)
 )
 @secret_option
 @click.option(
-    "--events", multiple=True, metavar="PATTERN", help="Only these types: subscription.*, refund.created; repeat."
+    "--events",
+    multiple=True,
+    type=PATTERN,
+    metavar="PATTERN",
+    help="Only these types: subscription.*, refund.created; repeat.",
 )
 @click.option(
     "--start", default="live", show_default=True, metavar="live|all|SEQ", help="Where to begin with no saved cursor."
@@ -51,7 +44,7 @@ cli.add_command(watch)
     type=click.Path(dir_okay=False, path_type=Path),
     help="Cursor file (default .montra-hooks/listen-<hash>.json).",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per delivered event.")
+@json_option("One JSON object per delivered event.")
 @click.option("--allow-remote", is_flag=True, help="Allow a --forward-to that is not on loopback.")
 @click.option(
     "--backoff",
@@ -105,18 +98,16 @@ def listen(
     cursor is saved after each answer, so a restart resumes where it stopped; with none saved,
     listen starts at the live end unless --start all (or --start SEQ) asks for the backlog.
     """
-    check_target(source, allow_remote=True, option="--from")
-    check_target(target, allow_remote=allow_remote, option="--forward-to")
+    target_url(source, allow_remote=True, option="--from")
+    target_url(target, allow_remote=allow_remote, option="--forward-to")
     if urlsplit(source).scheme == "http" and not is_loopback(urlsplit(source).hostname or ""):
         click.echo("warning: --from is plain http: the token and the events cross the network unencrypted.", err=True)
     if start not in ("live", "all") and not (start.isascii() and start.isdigit() and int(start) >= 1):
         raise click.BadParameter(f"{start!r}: use live, all, or a seq of 1 or more.", param_hint="--start")
-    for pattern in events:
-        try:
-            validate_pattern(pattern)
-        except ConfigurationError as e:
-            raise click.BadParameter(str(e), param_hint="--events") from e
-    secret = signing_secret(secret)
+    secret = sending_secret(secret)
+    # Imported here: listen's client (httpx, httpx-sse) is for this command alone.
+    from ..listen import CursorFile, Listener, ListenError, ListenSettings, default_state_path, run_until_stopped
+
     settings = ListenSettings(
         source=source,
         token=token,
@@ -138,7 +129,3 @@ def listen(
         raise SystemExit(e.exit_code) from e
     except MontraHooksError as e:
         raise click.UsageError(str(e)) from e
-
-
-def main() -> None:
-    cli(prog_name="montra-hooks")

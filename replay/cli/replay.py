@@ -1,0 +1,157 @@
+"""`montra-hooks replay`: re-send stored (or fixture) events to a receiver, or run them through handlers.
+
+The options are checked here; the replay itself is `replay.replay.Replay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from click.core import ParameterSource
+
+from ..paths import FixtureError
+from .options import (
+    allow_remote_option,
+    app_option,
+    db_option,
+    event_filter_options,
+    fixtures_option,
+    json_option,
+    load_hooks,
+    open_catalogue,
+    open_existing_store,
+    secret_option,
+    sending_secret,
+    target_url,
+    timeout_option,
+    to_option,
+)
+
+if TYPE_CHECKING:
+    from ..replay import Target
+
+__all__ = ["replay"]
+
+_DEFAULT_CONCURRENCY = 8  # replay.replay.DEFAULT_CONCURRENCY, repeated so --help does not import the sender
+
+
+@click.command()
+@db_option
+@click.option("--id", "ids", multiple=True, metavar="ID", help="Only this event; repeat for more.")
+@event_filter_options(limit=None, order="oldest first")
+@fixtures_option
+@to_option(default=None, help="A receiver to POST to, e.g. http://127.0.0.1:8000/webhooks.")
+@app_option(help="Run your handlers in this process instead.")
+@secret_option
+@click.option("--keep-id", is_flag=True, help="Send the original webhook-id (tests idempotency: expect duplicate).")
+@click.option("--concurrency", type=click.IntRange(1, 1000), metavar="N", help=f"In flight [{_DEFAULT_CONCURRENCY}].")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="R", help="At most R events a second.")
+@click.option("--in-order", is_flag=True, help="One at a time, in arrival order, each after the previous answer.")
+@click.option("--dry-run", is_flag=True, help="List what would be sent; send nothing.")
+@json_option("One JSON line per event, then a summary line.")
+@allow_remote_option
+@timeout_option
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    db: str,
+    ids: Sequence[str],
+    types: Sequence[str],
+    statuses: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+    limit: int | None,
+    fixture_dirs: Sequence[Path],
+    url: str | None,
+    app_spec: str | None,
+    secret: str | None,
+    keep_id: bool,
+    concurrency: int | None,
+    rate: float | None,
+    in_order: bool,
+    dry_run: bool,
+    as_json: bool,
+    allow_remote: bool,
+    timeout: float,
+) -> None:
+    """Re-send stored events (or fixtures), re-signed with a fresh timestamp, to a receiver or your handlers.
+
+    Each event keeps its exact body and goes out under a new webhook-id, ORIGINAL_r<8 hex>, with a
+    montra-replay-of header, so a receiver runs it again; --keep-id sends the original id instead.
+    With --fixtures DIR on the command line, the fixtures in DIR (its types, then its scenarios)
+    are sent instead of stored events. Exit status 1 if any event was not accepted (a 2xx, or
+    handlers that all succeeded).
+
+    \b
+    Examples:
+      montra-hooks replay --type 'subscription.*' --since 2h --to http://127.0.0.1:8000/webhooks
+      montra-hooks replay --status dead --app myapp.webhooks:hooks
+      montra-hooks replay --id msg_2Bc9XQ --keep-id --to http://127.0.0.1:8000/webhooks
+    """
+    if (url is None) == (app_spec is None):
+        raise click.UsageError(
+            "Pass one target: --to URL (a running receiver) or --app MOD:HOOKS (your handlers, in this process)."
+        )
+    # MONTRA_HOOKS_FIXTURES names the folders trigger and watch read; only an explicit --fixtures
+    # switches replay from the store to fixtures, so a set variable never replays the wrong events.
+    from_fixtures = bool(fixture_dirs) and ctx.get_parameter_source("fixture_dirs") is ParameterSource.COMMANDLINE
+    if from_fixtures and (ids or since or until or statuses):
+        raise click.UsageError("--id, --since, --until and --status select stored events; drop them with --fixtures.")
+    if in_order and concurrency not in (None, 1):
+        raise click.UsageError("--in-order sends one event at a time: drop --concurrency.")
+
+    from receiver.stores.protocol import EventFilter
+
+    from ..inprocess import AppTarget
+    from ..replay import DEFAULT_CONCURRENCY, Replay
+    from ..send import HttpTarget
+    from ..sources import fixture_events, fixture_names
+
+    workers = 1 if in_order else concurrency or DEFAULT_CONCURRENCY
+    # Fixture events are built with fresh ids: they go out under their own.
+    same_id = keep_id or from_fixtures
+    target: Target
+    if url is not None:
+        label = target_url(url, allow_remote=allow_remote)
+        target = HttpTarget(url, secret=sending_secret(secret), keep_id=same_id, timeout=timeout, connections=workers)
+    else:
+        assert app_spec is not None
+        target, label = AppTarget(load_hooks(app_spec), keep_id=same_id), f"{app_spec} (in-process)"
+    # Only a person watching a terminal wants a bar; output piped to a file or a program stays clean.
+    show_bar = not as_json and not dry_run and sys.stdout.isatty()
+    run = Replay(
+        target,
+        label,
+        workers=workers,
+        rate=rate,
+        dry_run=dry_run,
+        as_json=as_json,
+        echo=click.echo,
+        progress=_progress_bar if show_bar else None,
+    )
+    if from_fixtures:
+        catalogue = open_catalogue(fixture_dirs)
+        try:
+            events = list(fixture_events(catalogue, fixture_names(fixture_dirs), types=types, limit=limit))
+        except FixtureError as e:
+            raise click.UsageError(str(e)) from e
+        ok = asyncio.run(run.from_list(events))
+    else:
+        selection = EventFilter(ids=ids, types=types, status=statuses, since=since, until=until, limit=limit)
+        ok = asyncio.run(run.from_store(open_existing_store(db), selection))
+    if not ok:
+        raise SystemExit(1)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int | None) -> Iterator[Any]:
+    bar: Any = click.progressbar(length=total, label="Replaying", file=sys.stderr, show_pos=True)
+    with bar:
+        yield bar
