@@ -281,16 +281,20 @@ class Catalogue:
         name: str,
         *,
         set: Assignments = (),
+        add: Assignments = (),
         remove: Iterable[str] = (),
         now: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Build the events of a type (one) or of a scenario (its steps, in order).
 
-        ``set`` maps paths to values: a mapping, ``(path, value)`` pairs or ``"path=value"`` strings
-        (parsed by ``parse_assignment``); ``remove`` lists paths. For a scenario, a path prefixed
-        with a step name (``customer:data.email``) targets that step and no other.
+        ``set`` maps paths that exist to new values: a mapping, ``(path, value)`` pairs or
+        ``"path=value"`` strings (parsed by ``parse_assignment``); a path the fixture lacks is an error
+        naming the closest keys, so a typo never adds a key silently. ``add`` takes the same forms and
+        may add new keys. ``remove`` lists paths. For a scenario, a path prefixed with a step name
+        (``customer:data.email``) targets that step and no other.
         """
-        assignments = [(*split_target(path), value) for path, value in _pairs(set)]
+        assignments = [(*split_target(path), value, False) for path, value in _pairs(set)]
+        assignments += [(*split_target(path), value, True) for path, value in _pairs(add)]
         if isinstance(remove, str):
             raise TypeError(f"remove= takes a list of paths, not one string: remove=[{remove!r}]")
         removals = [split_target(path) for path in remove]
@@ -318,9 +322,11 @@ class Catalogue:
                 data = event.get("data")
                 if scenario and isinstance(data, dict) and isinstance(data.get("id"), str):
                     data["id"] = _fresh_id(data["id"].rpartition("_")[0] or "id")
-                chosen = [(key, value) for target, key, value in assignments if target in (None, step.name)]
-                for key, value in [*step.assignments.items(), *chosen]:
+                for key, value in step.assignments.items():
                     set_path(event, key, _resolve(value, built))
+                for target, key, value, create in assignments:
+                    if target in (None, step.name):
+                        set_path(event, key, _resolve(value, built), create=create)
                 for key in [*step.removals, *(k for t, k in removals if t is not None and t == step.name)]:
                     remove_path(event, key)
                 for key in (k for t, k in removals if t is None):

@@ -18,6 +18,7 @@ one step of a scenario; ``split_target`` separates the two.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Sequence
@@ -83,8 +84,7 @@ def walk(node: Any, segments: Sequence[str | int], path: str, *, create: bool) -
             name = str(key)
             if name not in node:
                 if not create:
-                    keys = ", ".join(sorted(node)[:12]) or "none"
-                    raise FixtureError(f"Path {path!r} not found: no key {name!r} there (its keys: {keys}).")
+                    raise _missing_key(path, name, node)
                 node[name] = {}
             node = node[name]
         elif isinstance(node, list):
@@ -93,6 +93,13 @@ def walk(node: Any, segments: Sequence[str | int], path: str, *, create: bool) -
             where = ".".join(map(str, segments[:depth]))
             raise FixtureError(f"Path {path!r}: {where} is {type(node).__name__}, not an object or a list.")
     return node
+
+
+def _missing_key(path: str, name: str, node: dict[str, Any]) -> FixtureError:
+    close = difflib.get_close_matches(name, [str(key) for key in node], n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    keys = ", ".join(sorted(node)[:12]) or "none"
+    return FixtureError(f"Path {path!r} not found: no key {name!r} there (its keys: {keys}).{hint}")
 
 
 def _index(items: list[Any], key: str | int, path: str, *, allow_end: bool = False) -> int:
@@ -106,11 +113,18 @@ def get_path(obj: Any, path: str) -> Any:
     return walk(obj, split_path(path), path, create=False)
 
 
-def set_path(obj: Any, path: str, value: Any) -> None:
-    """Set the value at a dotted path, creating missing objects on the way; index len(list) appends."""
+def set_path(obj: Any, path: str, value: Any, *, create: bool = True) -> None:
+    """Set the value at a dotted path; index len(list) appends.
+
+    With `create` (the default), missing objects on the way and a new last key are added; without it,
+    the path must exist, so a typo (`data.amout`) is an error that names the closest keys.
+    """
     *parents, last = split_path(path)
-    parent = walk(obj, parents, path, create=True)
+    parent = walk(obj, parents, path, create=create)
     if isinstance(parent, dict):
+        if not create and str(last) not in parent:
+            missing = _missing_key(path, str(last), parent)
+            raise FixtureError(f"{missing} To add a new key, use add= (--add on the command line).")
         parent[str(last)] = value
     elif isinstance(parent, list):
         index = _index(parent, last, path, allow_end=True)

@@ -6,8 +6,9 @@ fixtures are there in every test; nothing to import or configure. No pytest-asyn
 - `montra_app(hooks, **create_app_options)` -> `MontraTestApp`: a real receiver (`create_app`)
   on a temporary SQLite store with `dispatch="inline"`, behind Starlette's TestClient. `send()`
   signs and POSTs an event and returns once its handlers have run, so a test asserts right after.
-- `montra_event(type, set=..., remove=..., **paths)` -> dict: a fixture event with overrides.
-- `montra_scenario(name, set=..., remove=...)` -> list[dict]: a scenario's events, in order.
+- `montra_event(type, set=..., add=..., remove=..., **paths)` -> dict: a fixture event with overrides
+  (`set` and `**paths` change paths the fixture has, so a typo is an error; `add` may add new keys).
+- `montra_scenario(name, set=..., add=..., remove=...)` -> list[dict]: a scenario's events, in order.
 - `montra_sign(event, msg_id=..., timestamp=...)` -> `Signed(body, headers)` with `montra_secret`.
 - `montra_secret`: the fresh `whsec_` secret this test's apps check.
 
@@ -96,31 +97,40 @@ class MontraTestApp:
         event: _Event,
         *,
         set: Mapping[str, Any] | None = None,
+        add: Mapping[str, Any] | None = None,
         remove: Iterable[str] = (),
         msg_id: str | None = None,
         timestamp: float | datetime | None = None,
         headers: Mapping[str, str] | None = None,
         **paths: Any,
     ) -> Response:
-        """Sign and POST one event: a fixture type (built with `set`/`remove`/`**paths`), an envelope or bytes.
+        """Sign and POST one event: a fixture type (built with `set`/`add`/`remove`/`**paths`), an envelope or bytes.
 
         Returns when the receiver has answered, which (inline dispatch) is after its handlers ran:
         200 `{"id", "status": "stored" | "duplicate"}`, 500 `handler_failed` if one raised, or an error.
         """
         if isinstance(event, str):
-            built = self.catalogue.build(event, set=_assignments(set, paths), remove=remove)
+            built = self.catalogue.build(event, set=_assignments(set, paths), add=add or {}, remove=remove)
             if len(built) != 1:
                 raise ValueError(f"{event!r} is a scenario of {len(built)} events: use trigger({event!r})")
             event = built[0]
-        elif set or paths or remove:
-            raise TypeError("set=, remove= and path overrides apply to a fixture type, not to a built event")
+        elif set or add or paths or remove:
+            raise TypeError("set=, add=, remove= and path overrides apply to a fixture type, not to a built event")
         stamp = timestamp.timestamp() if isinstance(timestamp, datetime) else timestamp
         signed = _sign(event, self.secret, msg_id, stamp)
         return self.client.post(self.app.path, content=signed.body, headers={**signed.headers, **(headers or {})})
 
-    def trigger(self, name: str, *, set: Mapping[str, Any] | None = None, remove: Iterable[str] = ()) -> list[Response]:
+    def trigger(
+        self,
+        name: str,
+        *,
+        set: Mapping[str, Any] | None = None,
+        add: Mapping[str, Any] | None = None,
+        remove: Iterable[str] = (),
+    ) -> list[Response]:
         """Send a type's event or each of a scenario's events in order; one response per event."""
-        return [self.send(event) for event in self.catalogue.build(name, set=set or {}, remove=remove)]
+        built = self.catalogue.build(name, set=set or {}, add=add or {}, remove=remove)
+        return [self.send(event) for event in built]
 
     @property
     def store(self) -> Store:
@@ -174,9 +184,14 @@ def montra_event(montra_catalogue: Catalogue) -> Callable[..., dict[str, Any]]:
     """
 
     def build(
-        type: str, *, set: Mapping[str, Any] | None = None, remove: Iterable[str] = (), **paths: Any
+        type: str,
+        *,
+        set: Mapping[str, Any] | None = None,
+        add: Mapping[str, Any] | None = None,
+        remove: Iterable[str] = (),
+        **paths: Any,
     ) -> dict[str, Any]:
-        events = montra_catalogue.build(type, set=_assignments(set, paths), remove=remove)
+        events = montra_catalogue.build(type, set=_assignments(set, paths), add=add or {}, remove=remove)
         if len(events) != 1:
             raise ValueError(f"{type!r} is a scenario of {len(events)} events: use montra_scenario({type!r})")
         return events[0]
@@ -188,8 +203,14 @@ def montra_event(montra_catalogue: Catalogue) -> Callable[..., dict[str, Any]]:
 def montra_scenario(montra_catalogue: Catalogue) -> Callable[..., list[dict[str, Any]]]:
     """Factory: `montra_scenario("checkout-to-subscription", set={"customer:data.email": "a@x.test"})` -> events."""
 
-    def build(name: str, *, set: Mapping[str, Any] | None = None, remove: Iterable[str] = ()) -> list[dict[str, Any]]:
-        return montra_catalogue.build(name, set=set or {}, remove=remove)
+    def build(
+        name: str,
+        *,
+        set: Mapping[str, Any] | None = None,
+        add: Mapping[str, Any] | None = None,
+        remove: Iterable[str] = (),
+    ) -> list[dict[str, Any]]:
+        return montra_catalogue.build(name, set=set or {}, add=add or {}, remove=remove)
 
     return build
 

@@ -77,10 +77,16 @@ def outgoing(envelope: Mapping[str, Any]) -> Outgoing:
 
 
 def build_events(
-    catalogue: Catalogue, name: str, *, assignments: Assignments = (), removals: Sequence[str] = ()
+    catalogue: Catalogue,
+    name: str,
+    *,
+    assignments: Assignments = (),
+    additions: Assignments = (),
+    removals: Sequence[str] = (),
 ) -> list[Outgoing]:
-    """Build a type's event (or a scenario's), `set`/`remove` applied, ready to send; FixtureError if it cannot."""
-    return [outgoing(envelope) for envelope in catalogue.build(name, set=assignments, remove=removals)]
+    """Build a type's event (or a scenario's), `set`/`add`/`remove` applied, ready to send; FixtureError if not."""
+    built = catalogue.build(name, set=assignments, add=additions, remove=removals)
+    return [outgoing(envelope) for envelope in built]
 
 
 def fixture_names(folders: Sequence[Path]) -> list[str]:

@@ -459,11 +459,8 @@ def test_get_and_remove_path() -> None:
 def test_build_a_type_with_set_and_remove(catalogue: Catalogue) -> None:
     [event] = catalogue.build(
         "checkout_link.created",
-        set=[
-            "data.line_items.0.amount=1200",
-            parse_assignment('data.metadata."plan.tier"=pro'),
-            ("data.link_name", "spring sale"),
-        ],
+        set=["data.line_items.0.amount=1200", ("data.link_name", "spring sale")],
+        add=[parse_assignment('data.metadata."plan.tier"=pro')],
         remove=["data.image_ids", "data.url"],
     )
     assert event["data"]["line_items"][0]["amount"] == 1200
@@ -481,10 +478,37 @@ def test_one_string_instead_of_a_list_is_a_type_error(catalogue: Catalogue, kwar
         catalogue.build("refund.created", **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        (
+            "data.amout=5",
+            "Path 'data.amout' not found: no key 'amout' there (its keys: amount, created_at, currency, id, reason, "
+            "status, transaction_id). Did you mean 'amount'? To add a new key, use add= (--add on the command line).",
+        ),
+        (
+            "data.metadata.kind=x",
+            "Path 'data.metadata.kind' not found: no key 'metadata' there (its keys: amount, created_at, currency, id, "
+            "reason, status, transaction_id).",
+        ),
+    ],
+)
+def test_set_refuses_a_path_the_fixture_lacks_and_names_the_closest_keys(
+    catalogue: Catalogue, assignment: str, message: str
+) -> None:
+    with pytest.raises(FixtureError) as raised:
+        catalogue.build("refund.created", set=[assignment])
+    assert str(raised.value) == message
+    [event] = catalogue.build("refund.created", add=[assignment])
+    path, value = parse_assignment(assignment)
+    assert get_path(event, path) == value
+
+
 def test_build_a_scenario_with_step_prefixes(catalogue: Catalogue) -> None:
     events = catalogue.build(
         "checkout-to-subscription",
-        set={"customer:data.id": "cus_fixed", "customer:data.email": "grace@example.com", "data.livemode": False},
+        set={"customer:data.id": "cus_fixed", "customer:data.email": "grace@example.com"},
+        add={"data.livemode": False},
         remove=["customer:data.phone", "data.currency"],
     )
     customer, _, checkout, sub, payment = events

@@ -82,12 +82,19 @@ def test_fixtures_show_an_unknown_name_is_a_usage_error_with_suggestions() -> No
 # trigger ----------------------------------------------------------------------------------------
 
 
+def test_trigger_set_with_a_typo_is_refused_with_the_closest_key(tmp_path: Path) -> None:
+    result = run("trigger", "refund.created", "--secret", SECRET, "--set", "data.amout=5")
+    assert result.exit_code == 2
+    assert "Path 'data.amout' not found" in result.output
+    assert "Did you mean 'amount'? To add a new key, use add= (--add on the command line)." in result.output
+
+
 def test_trigger_sends_the_built_event_with_its_overrides_signed_for_the_reference_library(
     server: ServerProcess,
 ) -> None:
     result = run(
         "trigger", "refund.created", "--to", f"{server.url}/webhooks", "--secret", SECRET,
-        "--set", "data.amount=1200", "--set", 'data.metadata."note.kind"=goodwill', "--set", 'data.code="0042"',
+        "--set", "data.amount=1200", "--add", 'data.metadata."note.kind"=goodwill', "--add", 'data.code="0042"',
         "--remove", "data.reason",
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -39,7 +39,15 @@ __all__ = ["trigger"]
     multiple=True,
     type=ASSIGNMENT,
     metavar="PATH=VALUE",
-    help='Override a value; VALUE is JSON where it parses (1200, true, "1200"), else text. Repeatable.',
+    help='Override a value the fixture has; VALUE is JSON where it parses (1200, true, "1200"), else text. Repeatable.',
+)
+@click.option(
+    "--add",
+    "additions",
+    multiple=True,
+    type=ASSIGNMENT,
+    metavar="PATH=VALUE",
+    help="Like --set, and the path may be new: adds keys the fixture lacks. Repeatable.",
 )
 @click.option("--remove", "removals", multiple=True, metavar="PATH", help="Remove a key or list item. Repeatable.")
 @to_option(default=DEFAULT_TO, help="The receiver.")
@@ -51,6 +59,7 @@ __all__ = ["trigger"]
 def trigger(
     name: str,
     assignments: Sequence[tuple[str, Any]],
+    additions: Sequence[tuple[str, Any]],
     removals: Sequence[str],
     url: str,
     secret: str | None,
@@ -63,13 +72,15 @@ def trigger(
 
     Paths are dotted (data.line_items.0.amount); quote a key that holds a dot
     (data.metadata."plan.tier"); prefix a scenario step's name to target one step
-    (customer:data.email). Exit status 1 if an event is not accepted with a 2xx; a scenario
-    stops there.
+    (customer:data.email). --set refuses a path the fixture lacks and names the closest keys, so a
+    typo never adds a key; --add adds one on purpose. Exit status 1 if an event is not accepted
+    with a 2xx; a scenario stops there.
 
     \b
     Examples:
       montra-hooks trigger subscription.upgraded
       montra-hooks trigger refund.created --set data.amount=1200 --remove data.reason
+      montra-hooks trigger customer.created --add data.metadata.plan=pro
       montra-hooks trigger checkout-to-subscription --set customer:data.email=ada@example.com
     """
     from ..send import HttpTarget
@@ -78,7 +89,8 @@ def trigger(
     target_url(url, allow_remote=allow_remote)
     key = sending_secret(secret)
     try:
-        events = build_events(open_catalogue(fixture_dirs), name, assignments=assignments, removals=removals)
+        catalogue = open_catalogue(fixture_dirs)
+        events = build_events(catalogue, name, assignments=assignments, additions=additions, removals=removals)
     except FixtureError as e:
         raise click.UsageError(str(e)) from e
     if not asyncio.run(_send_in_order(HttpTarget(url, secret=key, keep_id=True, timeout=timeout), events, as_json)):
