@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from .private_files import PRIVATE_DIR, load_or_create_private, read_private
 from .verify import generate_secret
 
 __all__ = ["DEV_SECRET_FILE", "load_dev_secret", "load_or_create_dev_secret"]
 
-DEV_SECRET_FILE = Path(".montra-hooks") / "dev-secret"
+DEV_SECRET_FILE = PRIVATE_DIR / "dev-secret"
 """Relative to the working directory, as `montra-events.db` is."""
 
 
 def load_dev_secret(path: Path = DEV_SECRET_FILE) -> str | None:
-    """The dev secret, or None if `serve` has not created one here."""
-    try:
-        return path.read_text().strip() or None
-    except FileNotFoundError:
-        return None
+    """The dev secret, or None if `serve` has not created one here.
+
+    Raises `ConfigurationError` when the file or its folder is a symbolic link (never followed).
+    """
+    return read_private(path)
 
 
 def load_or_create_dev_secret(path: Path = DEV_SECRET_FILE) -> tuple[str, bool]:
-    """(secret, created): read the dev secret, or create it readable by this user only."""
-    existing = load_dev_secret(path)
-    if existing is not None:
-        return existing, False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = generate_secret()
-    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    try:
-        # A link never replaces an existing file: two serves starting at once agree on the first secret.
-        os.link(temp, path)
-    except FileExistsError:
-        return load_or_create_dev_secret(path)
-    finally:
-        os.unlink(temp)
-    return secret, True
+    """(secret, created): read the dev secret, or create it readable by this user only (see `private_files`)."""
+    return load_or_create_private(path, generate_secret)
