@@ -62,3 +62,14 @@ def test_list_event_page_and_rerun_on_postgres(
         ("msg_pay", "handled"),
         ("msg_ref", "unhandled"),
     ]
+
+
+@pytest.mark.parametrize(
+    "path", ["/inspect/events/%00", "/inspect/api/events/msg%00x", "/inspect?type=a%00", "/inspect?id=%00"]
+)
+def test_a_nul_character_is_a_400_on_postgres(postgres_url: str, path: str) -> None:
+    # PostgreSQL refuses NUL in any text parameter: it must never reach the store as a query.
+    app = create_app(db=postgres_url, secrets=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"], inspect_token="t" * 24)
+    with TestClient(app, headers={"authorization": "Bearer " + "t" * 24}) as client:
+        response = client.get(path)
+    assert (response.status_code, response.json()["error"]) == (400, "bad_query")

@@ -129,6 +129,9 @@ class Inspector:
     def _guard(self, endpoint: Endpoint, kind: Kind) -> Endpoint:
         async def guarded(request: Request) -> Response:
             refusal = self.access.check_network(request)
+            if refusal is None and _has_nul(request):
+                # No stored id, type or handler holds one, and PostgreSQL refuses it in any text parameter.
+                refusal = Refusal(400, "bad_query", "The address holds a NUL character (%00): no event id has one.")
             if refusal is None and request.method == "POST":
                 refusal = self.access.check_same_origin(request)
             if refusal is None and kind not in ("login", "static"):
@@ -318,8 +321,6 @@ def _list_filter(request: Request) -> tuple[EventFilter, dict[str, str], str | N
             error = str(e)
     if filters["status"] and filters["status"] not in EVENT_STATUSES:
         error = f"Unknown status {filters['status']!r}: use one of {', '.join(EVENT_STATUSES)}."
-    if "\x00" in filters["id"]:
-        error = "id must not contain a NUL character."
     numbers: dict[str, int | None] = {}
     for name, text in (*((n, filters[n]) for n in ("before", "after")), ("limit", params.get("limit", "").strip())):
         try:
@@ -348,6 +349,11 @@ def _whole_number(name: str, text: str) -> int | None:
         shown = text if len(text) <= 40 else text[:40] + "..."
         raise _BadQuery(f"{name} must be a whole number from 0 to {_MAX_SEQ}, got {shown!r}.")
     return int(text)
+
+
+def _has_nul(request: Request) -> bool:
+    values = [*request.path_params.values(), *request.query_params.keys(), *request.query_params.values()]
+    return any("\x00" in str(value) for value in values)
 
 
 class _BadQuery(Exception):
@@ -446,7 +452,10 @@ async def _form(request: Request) -> dict[str, str]:
         if len(body) > _MAX_FORM_BYTES:
             raise _FormTooLarge
     pairs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    return {name: values[0] for name, values in pairs.items()}
+    form = {name: values[0] for name, values in pairs.items()}
+    if any("\x00" in text for pair in form.items() for text in pair):
+        raise _BadQuery("The form holds a NUL character: no inspector form sends one.")
+    return form
 
 
 def _form_too_large() -> Response:
