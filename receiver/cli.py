@@ -187,7 +187,10 @@ def serve(
             raise click.UsageError(
                 f"No webhook secret, and --host {host} is not loopback: pass --secret or set MONTRA_HOOKS_SECRETS."
             )
-        secret, created = load_or_create_dev_secret()
+        try:
+            secret, created = load_or_create_dev_secret()
+        except ConfigurationError as e:  # a link planted where the secret goes: say so, in one line
+            raise click.UsageError(str(e)) from e
         chosen = [secret]
         secret_note = f"dev secret in {DEV_SECRET_FILE}" + (" (created)" if created else "")
     hooks = import_hooks(app_spec) if app_spec else Hooks()

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -61,7 +62,7 @@ def default_state_path(source: str) -> Path:
 
 
 class CursorFile:
-    """The last seq fully handled, in a small JSON file replaced atomically (write a temp file, rename).
+    """The last seq fully handled, in a small JSON file replaced atomically (write a new file, rename).
 
     No fsync: a killed process loses nothing (the kernel has the file), and after a power cut an
     older cursor only means re-delivering a few events, which the local receiver answers as duplicates.
@@ -70,7 +71,6 @@ class CursorFile:
     def __init__(self, path: Path, source: str) -> None:
         self.path = path
         self.source = source
-        self._temp = path.with_name(path.name + ".tmp")
         self._dir_made = False
 
     def load(self) -> int | None:
@@ -98,10 +98,15 @@ class CursorFile:
 
     def save(self, cursor: int) -> None:
         if not self._dir_made:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._dir_made = True
-        self._temp.write_text(json.dumps({"from": self.source, "cursor": cursor}))
-        os.replace(self._temp, self.path)
+        # A fresh name opened with O_EXCL | O_NOFOLLOW: a link planted at a predictable temporary name
+        # would otherwise have this write land in whatever file it points at.
+        temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"from": self.source, "cursor": cursor}))
+        os.replace(temp, self.path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,10 @@ def signing_secret(secret: str | None) -> str:
     """--secret, else the first of MONTRA_HOOKS_SECRETS, else the dev secret; checked by signing once."""
     if secret is None:
         configured = secrets_from_env()
-        secret = configured[0] if configured else load_dev_secret()
+        try:
+            secret = configured[0] if configured else load_dev_secret()
+        except ConfigurationError as e:  # a link planted where the dev secret is: never followed
+            raise click.UsageError(str(e)) from e
     if secret is None:
         raise click.UsageError(
             f"No secret to sign with: pass --secret, or run `montra-hooks serve` once on loopback to create "

@@ -30,6 +30,7 @@ from tunnel_support import (
 )
 
 from replay.cli import cli
+from replay.listen import CursorFile
 
 Serve = Callable[..., ServerProcess]
 
@@ -388,3 +389,15 @@ def test_a_wrong_forward_to_path_stops_listen(
     ) in listen.output()
     assert cursor_in(state) == 0
     assert stored_ids(tmp_path / "local.db") == []
+
+
+def test_the_cursor_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    state = tmp_path / "cursor.json"
+    (tmp_path / "cursor.json.tmp").symlink_to(victim)  # the temporary name the cursor used to be written to
+    cursor = CursorFile(state, "http://127.0.0.1:9")
+    cursor.save(7)
+    assert victim.read_text() == "keep me\n"
+    assert (cursor.load(), state.is_symlink()) == (7, False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cursor.json", "cursor.json.tmp", "victim.txt"]
