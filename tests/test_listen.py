@@ -371,23 +371,21 @@ def test_starting_live_with_a_wrong_secret_keeps_the_first_event(
         right.kill()
 
 
-@pytest.mark.parametrize(("path", "status"), [("/hooks", 404), ("/healthz", 405)])
-def test_a_wrong_forward_to_path_stops_listen(
-    tmp_path: Path, relay: ServerProcess, local: ServerProcess, path: str, status: int
-) -> None:
-    state = tmp_path / "cursor.json"
-    listen = listen_process(tmp_path, relay.url, local.url + path, "--start", "all", "--state", str(state))
+def test_a_wrong_forward_to_path_stops_listen(tmp_path: Path, relay: ServerProcess, local: ServerProcess) -> None:
     sent = send(relay.url, "refund.created", 1)
-    listen.start()
-    try:
-        assert listen.wait() == 1
-    finally:
-        listen.kill()
-    assert (
-        f"Error: listen stopped before seq 1 ({sent}), which is not delivered: {local.url}{path} does not take "
-        f"webhooks ({status}): check --forward-to's path (the local receiver's --path, /webhooks by default)."
-    ) in listen.output()
-    assert cursor_in(state) == 0
+    for path, status in (("/hooks", 404), ("/healthz", 405)):  # no such route; a route that takes GET only
+        state = tmp_path / f"cursor-{status}.json"
+        args = ("--start", "all", "--state", str(state))
+        listen = listen_process(tmp_path, relay.url, local.url + path, *args, name=f"listen-{status}").start()
+        try:
+            assert listen.wait() == 1
+        finally:
+            listen.kill()
+        assert (
+            f"Error: listen stopped before seq 1 ({sent}), which is not delivered: {local.url}{path} does not take "
+            f"webhooks ({status}): check --forward-to's path (the local receiver's --path, /webhooks by default)."
+        ) in listen.output()
+        assert cursor_in(state) == 0
     assert stored_ids(tmp_path / "local.db") == []
 
 
