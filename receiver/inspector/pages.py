@@ -12,8 +12,6 @@ nothing is fetched from anywhere else.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import shlex
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -23,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
-from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -36,6 +33,7 @@ from ..hooks import validate_pattern
 from ..stores.open import DEFAULT_DB
 from ..stores.protocol import REDACTED, EventFilter, Run, StoredEvent, iso
 from .access import InspectorAccess, Refusal, is_loopback_host
+from .body import body_view, highlight_json
 
 if TYPE_CHECKING:
     from ..app import MontraApp
@@ -64,28 +62,7 @@ _SECURITY_HEADERS = {
 }
 _MAX_FORM_BYTES = 16 * 1024
 _MAX_SEQ = 2**63 - 1
-_MAX_PRETTY_BYTES = 512 * 1024
-"""Bodies larger than this are shown as text: highlighting costs a span per token."""
-_MAX_PRETTY_DEPTH = 100
-# Strings are skipped whole, so brackets inside them do not count.
-_NESTING_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 _AUTHENTICATED = "montra.inspector.authenticated"  # set in the request's scope by the guard
-_JSON_TOKEN = re.compile(
-    r'(?P<key>"(?:[^"\\]|\\.)*")(?=: )|(?P<str>"(?:[^"\\]|\\.)*")'
-    r"|(?P<num>-?(?:\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|Infinity)|NaN)|(?P<lit>true|false|null)"
-)
-
-
-def highlight_json(text: str) -> Markup:
-    """Pretty JSON text (as `json.dumps(indent=2)` writes it) as escaped HTML with a span per token."""
-    out: list[str] = []
-    last = 0
-    for match in _JSON_TOKEN.finditer(text):
-        out.append(str(escape(text[last : match.start()])))
-        out.append(f'<span class="j-{match.lastgroup}">{escape(match.group())}</span>')
-        last = match.end()
-    out.append(str(escape(text[last:])))
-    return Markup("".join(out))  # noqa: S704 - every piece of text above went through escape()
 
 
 class Inspector:
@@ -177,7 +154,7 @@ class Inspector:
         if event is None:
             return self._render(request, "not_found.html", {"event_id": event_id}, status_code=404)
         runs = await self.app.store.get_runs(event_id)
-        body_html, body_kind = _body_view(event.body)
+        body_html, body_kind = body_view(event.body)
         requeued = _whole_number("requeued", request.query_params.get("requeued", "").strip())
         context = {
             "event": _event_row(request, event),
@@ -370,36 +347,6 @@ def _event_row(request: Request, event: StoredEvent) -> dict[str, Any]:
         "received": _display_time(iso(event.received_at)),
         "url": _event_url(request, event.id),
     }
-
-
-def _body_view(body: bytes) -> tuple[Markup, str]:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return escape(repr(body)), "bytes (not UTF-8)"
-    if len(body) > _MAX_PRETTY_BYTES:
-        return escape(text), f"text (JSON or not: larger than {_MAX_PRETTY_BYTES // 1024} KiB is not pretty-printed)"
-    if _nesting(text) > _MAX_PRETTY_DEPTH:
-        # json.dumps(indent=...) recurses in Python: a body nested ~1,000 deep would end in RecursionError.
-        return escape(text), f"text (JSON or not: nested deeper than {_MAX_PRETTY_DEPTH} levels is not pretty-printed)"
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return escape(text), "text (not JSON)"
-    return highlight_json(json.dumps(value, indent=2, ensure_ascii=False)), "JSON"
-
-
-def _nesting(text: str) -> int:
-    """How deep JSON text nests (an upper bound for text that is not JSON), in one pass without recursion."""
-    depth = deepest = 0
-    for match in _NESTING_TOKEN.finditer(text):
-        found = match.group()
-        if found in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif found in "]}":
-            depth -= 1
-    return deepest
 
 
 def _state(event: StoredEvent, runs: list[Run]) -> str:
