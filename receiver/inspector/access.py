@@ -190,12 +190,12 @@ class InspectorAccess:
 
         A wrong bearer token counts as a failed login (so does a wrong token at the login page).
         """
+        if self.has_session(request):
+            return None
         authorization = request.headers.get("authorization", "")
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() == "bearer":
             return self.try_token(request, presented.strip())
-        if self.has_session(request):
-            return None
         return Refusal(401, "unauthorized", "Log in at /inspect/login, or send Authorization: Bearer <inspect token>.")
 
     def try_token(self, request: Request, presented: str) -> Refusal | None:
