@@ -66,7 +66,11 @@ _AUTHENTICATED = "montra.inspector.authenticated"  # set in the request's scope 
 
 
 class Inspector:
-    """The inspector's routes, for a `MontraApp` to mount: `Inspector(app, token=...).routes()`."""
+    """The inspector's routes, for a `MontraApp` to mount: `Inspector(app, token=..., explicit=True).routes()`.
+
+    `explicit=False` (a token created in `token_file`, not chosen by whoever started the receiver)
+    also keeps the pages to this machine: see `access`.
+    """
 
     def __init__(self, app: MontraApp, *, token: str, explicit: bool, token_file: Path | None = None) -> None:
         self.app = app
