@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,6 +30,9 @@ from .stores.open import DEFAULT_DB, open_store
 from .stores.protocol import Incoming, Store
 from .stream import DEFAULT_KEEPALIVE, EventStream
 from .verify import Verifier
+
+if TYPE_CHECKING:
+    from .inspector.pages import Inspector
 
 __all__ = ["DEFAULT_MAX_BODY", "MontraApp", "create_app"]
 
@@ -79,6 +82,9 @@ def create_app(
     Mounted, pass `app.lifespan` to the parent (`FastAPI(lifespan=app.lifespan)`).
     `stream_token` (default env `MONTRA_HOOKS_STREAM_TOKEN`) turns on `GET /stream`, the tunnel's source.
     `inspect=True` (or an `inspect_token`, default env `MONTRA_HOOKS_INSPECT_TOKEN`) turns on the `/inspect` pages.
+    They always need a token (16 characters or more): without one, `inspect=True` reads or creates
+    `.montra-hooks/inspect-token` in the working directory, and then answers this machine only
+    (loopback `Host` and client); `app.inspector.login_path` is the link that logs a browser in.
     `/healthz` answers 503 when the store's disk has less than `min_free_bytes` free (default: 64 MiB or
     4 x `max_body`, whichever is more).
     """
@@ -144,6 +150,8 @@ class MontraApp:
         self._store: Store | None = None
         self._dispatcher: Dispatcher | None = None
         self.stream = EventStream(lambda: self.store, token=stream_token, keepalive=stream_keepalive)
+        self.inspector: Inspector | None = None
+        """The `/inspect` pages when on: `inspector.login_path` is the link that logs a browser in."""
         self.router = Starlette(
             routes=[
                 Route("/", self._index, methods=["GET"]),
@@ -320,9 +328,18 @@ class MontraApp:
     def _inspector_routes(self, inspect: bool, token: str | None) -> list[BaseRoute]:
         if not inspect:
             return []
-        from .inspector.pages import Inspector  # imported only when on: it brings Jinja2
+        # Imported only when on: they bring Jinja2.
+        from .inspector.access import INSPECT_TOKEN_FILE, load_or_create_inspect_token
+        from .inspector.pages import Inspector
 
-        return Inspector(self, token=token).routes()
+        if token is not None:
+            self.inspector = Inspector(self, token=token, explicit=True)
+        else:
+            # A loopback Host proves nothing behind a proxy: the inspector always needs a token, so make one.
+            token = load_or_create_inspect_token()
+            self.inspector = Inspector(self, token=token, explicit=False, token_file=INSPECT_TOKEN_FILE)
+            log.info("inspector: log in at /inspect/login with the token in %s", INSPECT_TOKEN_FILE)
+        return self.inspector.routes()
 
     async def _index(self, request: Request) -> Response:
         """What a person who opens the receiver's address in a browser (or curls it) needs to know."""

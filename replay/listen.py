@@ -2,10 +2,12 @@
 
 It reads a public receiver's `GET /stream` and delivers each event to a local target, in order,
 re-signed for the local secret (same `webhook-id`, fresh timestamp, the exact body). A local
-target that is down or answers 5xx is retried with backoff, never skipped; a 4xx is the local
-code's bug, so it is shown and passed. The cursor (the last seq fully handled) is saved after the
-local target answered, so a listener killed at any moment resumes where it stopped and loses
-nothing; events stored while it was away are waiting on the relay, in its database.
+target that is down or answers 5xx is retried with backoff, never skipped. A 401, 403, 404 or
+405 says listen itself is set up wrong (the secret, the path): it would be the same answer for
+every event, so listen stops before that event, exit 1, and says what to fix. Another 4xx is the
+local code's answer to that one event, so it is shown and passed. The cursor (the last seq fully
+handled) is saved after the local target answered, so a listener killed at any moment resumes
+where it stopped and loses nothing; events stored while it was away are waiting on the relay, in its database.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -26,6 +29,7 @@ from typing import Any, TextIO
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
+from receiver.dev_secret import DEV_SECRET_FILE
 from receiver.errors import ConfigurationError, MontraHooksError
 from receiver.verify import sign
 
@@ -36,9 +40,11 @@ __all__ = ["CursorFile", "ListenError", "ListenSettings", "Listener", "default_s
 STATE_DIR = Path(".montra-hooks")
 USER_AGENT = "montra-hooks-listen"
 SAVE_EVERY = 0.2
+"""Seconds between cursor saves while events stream; a quiet stream's cursor is saved at once."""
 PREFETCH = 256
 """Frames read ahead of delivery, at most."""
-"""Seconds between cursor saves while events stream; a quiet stream's cursor is saved at once."""
+CONFIGURATION_STATUSES = frozenset({401, 403, 404, 405})
+"""Answers from the local target that stop listen: its secret or path is wrong, not one event."""
 
 
 class ListenError(MontraHooksError):
@@ -56,7 +62,7 @@ def default_state_path(source: str) -> Path:
 
 
 class CursorFile:
-    """The last seq fully handled, in a small JSON file replaced atomically (write a temp file, rename).
+    """The last seq fully handled, in a small JSON file replaced atomically (write a new file, rename).
 
     No fsync: a killed process loses nothing (the kernel has the file), and after a power cut an
     older cursor only means re-delivering a few events, which the local receiver answers as duplicates.
@@ -65,7 +71,6 @@ class CursorFile:
     def __init__(self, path: Path, source: str) -> None:
         self.path = path
         self.source = source
-        self._temp = path.with_name(path.name + ".tmp")
         self._dir_made = False
 
     def load(self) -> int | None:
@@ -93,10 +98,15 @@ class CursorFile:
 
     def save(self, cursor: int) -> None:
         if not self._dir_made:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._dir_made = True
-        self._temp.write_text(json.dumps({"from": self.source, "cursor": cursor}))
-        os.replace(self._temp, self.path)
+        # A fresh name opened with O_EXCL | O_NOFOLLOW: a link planted at a predictable temporary name
+        # would otherwise have this write land in whatever file it points at.
+        temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"from": self.source, "cursor": cursor}))
+        os.replace(temp, self.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +323,8 @@ class Listener:
                 if status < 500:
                     detail = None if 200 <= status < 300 else answer[:300]
                     self._result(seq, event_id, event_type, status, elapsed, attempt, detail)
+                    if status in CONFIGURATION_STATUSES:
+                        self._stop_before(seq, event_id, status, answer)
                     return
                 problem = f"it answered {status} {answer[:200]}".rstrip()
             delay = self._delay(attempt)
@@ -321,10 +333,37 @@ class Listener:
             )
             await asyncio.sleep(delay)
 
+    def _stop_before(self, seq: int, event_id: str, status: int, answer: str) -> None:
+        """End listening on a configuration error, the cursor kept before `seq`: a restart delivers it."""
+        if self.cursor is None:
+            self.cursor = seq - 1  # started at the live end: remember this event, or a restart would skip it
+        self.flush()
+        target = self.settings.target
+        if status == 401:
+            fix = (
+                f"the local receiver at {target} refused the signature (401): pass --secret with the local "
+                f"receiver's secret, or run both with the dev secret in {DEV_SECRET_FILE} (start the local "
+                "`montra-hooks serve` without a secret, and listen without --secret, in the same folder)"
+            )
+        elif status == 403:
+            fix = f"the local receiver at {target} forbids these requests (403): check --forward-to and its rules"
+        else:
+            fix = (
+                f"{target} does not take webhooks ({status}): check --forward-to's path (the local receiver's "
+                "--path, /webhooks by default)"
+            )
+        answered = f" It answered: {answer[:200]}" if answer.strip() else ""
+        raise ListenError(
+            f"listen stopped before seq {seq} ({event_id}), which is not delivered: {fix}.{answered} "
+            "A restart resumes with that event.",
+            exit_code=1,
+        )
+
     def _result(
         self, seq: int, event_id: str, event_type: str, status: int | None, ms: float, attempts: int, detail: str | None
     ) -> None:
-        self.delivered += 1
+        if status not in CONFIGURATION_STATUSES:
+            self.delivered += 1
         if self.settings.as_json:
             record: dict[str, Any] = {"seq": seq, "id": event_id, "type": event_type, "status": status}
             record.update(ms=round(ms, 2), attempts=attempts)
@@ -335,9 +374,8 @@ class Listener:
             tries = f", {attempts} tries" if attempts > 1 else ""
             line = f"<-- [{status or '---'}] ({ms:.0f} ms{tries})" + (f" {detail}" if detail else "")
             print(line, file=self.out, flush=True)
-        if status is not None and 400 <= status < 500:
-            hint = " (is --secret the secret it checks?)" if status == 401 else ""
-            self._info(f"    {status} is a local bug, not an outage: passed, not retried{hint}")
+        if status is not None and 400 <= status < 500 and status not in CONFIGURATION_STATUSES:
+            self._info(f"    {status} is a local bug, not an outage: passed, not retried")
 
 
 class _RelayUnavailable(Exception):

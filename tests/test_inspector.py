@@ -56,6 +56,20 @@ def local_client(app: object, **options: object) -> TestClient:
     return TestClient(app, base_url=LOCAL, client=LOOPBACK_CLIENT, **options)  # type: ignore[arg-type]
 
 
+def log_in(client: TestClient, app: MontraApp) -> None:
+    """Follow the login link `serve` prints (`/inspect/login?token=...`): the client keeps the session cookie."""
+    assert app.inspector is not None
+    response = client.get(app.inspector.login_path, follow_redirects=False)
+    assert (response.status_code, response.headers["location"]) == (303, "/inspect")
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `inspect=True` without a token creates .montra-hooks/inspect-token in the working directory.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MONTRA_HOOKS_INSPECT_TOKEN", raising=False)
+
+
 def deliver(client: TestClient, event_type: str, msg_id: str, **extra: object) -> int:
     body = json.dumps({"type": event_type, "data": {"id": "obj_1", **extra}}).encode()
     return signed_post("/webhooks", body, SECRET, msg_id, client=client).status_code
@@ -69,6 +83,7 @@ def error_of(response: object) -> str:
 def loopback(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, int]]]:
     app, calls = make_app(tmp_path, inspect=True)
     with local_client(app) as client:
+        log_in(client, app)
         assert deliver(client, "customer.created", "msg_cus") == 200
         assert deliver(client, "payment.failed", "msg_pay") == 500  # inline: flaky's first try fails
         assert deliver(client, "refund.created", "msg_ref") == 200  # no handler: unhandled
@@ -96,7 +111,7 @@ def test_a_token_in_the_environment_turns_it_on_behind_a_login(tmp_path: Path, m
         assert client.get("/inspect", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
-# -- without a token: this machine only ----------------------------------------------------
+# -- without an explicit token: a created one, and this machine only ------------------------
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000", "127.0.0.1"])
@@ -303,6 +318,7 @@ def test_rerun_in_background_mode_wakes_the_dispatcher(tmp_path: Path) -> None:
     db = tmp_path / "events.db"
     runs = "SELECT status, attempts FROM handler_runs WHERE event_id = 'msg_bg'"
     with local_client(app) as client:
+        log_in(client, app)
         assert deliver(client, "payment.failed", "msg_bg") == 200
         assert wait_for(lambda: query(db, runs) == [("failed", 1)])  # the next try is an hour away
         response = client.post("/inspect/events/msg_bg/rerun", data={"handler": "flaky"}, headers=ORIGIN)

@@ -7,6 +7,7 @@ chromedriver are Debian's (`apt-get install chromium chromium-driver`; `.ci/run`
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,6 +106,13 @@ def deliver(server: ServerProcess, event_type: str, msg_id: str, **data: object)
     assert signed_post(server.url + "/webhooks", body, SECRET, msg_id).status_code == 200
 
 
+def login_url(server: ServerProcess) -> str:
+    """The login link `serve --inspect` prints (the token it created is in it), as Jupyter prints its own."""
+    match = re.search(r"inspect:  (http://\S+/inspect/login\?token=\S+) \(this machine only", server.output())
+    assert match is not None, server.output()
+    return match.group(1)
+
+
 def screenshot(driver: WebDriver, path: Path) -> None:
     """The whole page, not just the window: grow the window to the document's height first."""
     height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -127,15 +135,17 @@ def test_list_filter_event_page_and_rerun(
     receiver: Callable[..., ServerProcess], browser: WebDriver, tmp_path: Path
 ) -> None:
     server = receiver("--inspect")
-    assert f"inspect:  {server.url}/inspect (this machine only)" in server.output()
+    token = (tmp_path / ".montra-hooks" / "inspect-token").read_text().strip()
+    assert login_url(server) == f"{server.url}/inspect/login?token={token}"
     deliver(server, "customer.created", "msg_cus_1", id="cus_1", email="ada@example.com")
     deliver(server, "payment.failed", "msg_pay_1", id="pay_1", customer_id="cus_1", amount=4900)
     deliver(server, "refund.created", "msg_ref_1", id="ref_1", amount=1200)
     db = tmp_path / "events.db"
     runs = "SELECT status, attempts FROM handler_runs WHERE event_id = 'msg_pay_1'"
 
-    # The list: newest first.
-    browser.get(server.url + "/inspect")
+    # The list: newest first, once the printed link has logged the browser in.
+    browser.get(login_url(server))
+    wait(browser, lambda d: d.current_url == server.url + "/inspect")
     wait(browser, lambda d: query(db, runs) == [("failed", 1)])
     assert listed_ids(browser) == ["msg_ref_1", "msg_pay_1", "msg_cus_1"]
     assert browser.title == "Events · montra-hooks"
@@ -251,7 +261,7 @@ def test_a_cross_site_post_is_refused(
         "<script>document.forms[0].submit()</script>"
     ).encode()
     with _site(attack) as port:
-        browser.get(server.url + "/inspect")  # the developer has the inspector open, too
+        browser.get(login_url(server))  # the developer has the inspector open (and a session), too
         wait(browser, lambda d: query(db, runs) == [("failed", 1)])
         browser.get(f"http://{ATTACKER_HOST}:{port}/")
         wait(browser, lambda d: d.current_url.startswith(server.url))

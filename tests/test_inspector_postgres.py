@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 from postgres_support import pg_query
 from starlette.testclient import TestClient
-from test_inspector import ORIGIN, deliver, local_client
+from test_inspector import ORIGIN, deliver, local_client, log_in
 
 from receiver import Event, Hooks, create_app
 from receiver.stores.open import redact_url
@@ -22,7 +24,10 @@ def with_password(url: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user(url)}:{password}@{parts.netloc}"))
 
 
-def test_list_event_page_and_rerun_on_postgres(postgres_url: str) -> None:
+def test_list_event_page_and_rerun_on_postgres(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # inspect=True creates .montra-hooks/inspect-token here
     tries: dict[str, int] = {}
     hooks = Hooks()
 
@@ -36,6 +41,7 @@ def test_list_event_page_and_rerun_on_postgres(postgres_url: str) -> None:
     app = create_app(hooks, db=db, secrets=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"], dispatch="inline", inspect=True)
     client: TestClient
     with local_client(app) as client:
+        log_in(client, app)
         assert deliver(client, "payment.failed", "msg_pay") == 500  # inline: the first try fails
         assert deliver(client, "refund.created", "msg_ref") == 200
         listing = client.get("/inspect").text
@@ -56,3 +62,14 @@ def test_list_event_page_and_rerun_on_postgres(postgres_url: str) -> None:
         ("msg_pay", "handled"),
         ("msg_ref", "unhandled"),
     ]
+
+
+@pytest.mark.parametrize(
+    "path", ["/inspect/events/%00", "/inspect/api/events/msg%00x", "/inspect?type=a%00", "/inspect?id=%00"]
+)
+def test_a_nul_character_is_a_400_on_postgres(postgres_url: str, path: str) -> None:
+    # PostgreSQL refuses NUL in any text parameter: it must never reach the store as a query.
+    app = create_app(db=postgres_url, secrets=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"], inspect_token="t" * 24)
+    with TestClient(app, headers={"authorization": "Bearer " + "t" * 24}) as client:
+        response = client.get(path)
+    assert (response.status_code, response.json()["error"]) == (400, "bad_query")

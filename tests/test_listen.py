@@ -30,6 +30,7 @@ from tunnel_support import (
 )
 
 from replay.cli import cli
+from replay.listen import CursorFile
 
 Serve = Callable[..., ServerProcess]
 
@@ -295,3 +296,106 @@ def test_a_bad_cursor_file_is_a_usage_error(
     result = CliRunner().invoke(cli, [*args, "--secret", LOCAL_SECRET, "--state", "cursor.json"])
     assert result.exit_code == 2
     assert message in result.output
+
+
+# -- a local target that refuses every event: stop before it, say what to fix ---------------------
+
+WRONG_SECRET = "whsec_bm90LXRoZS1sb2NhbC1yZWNlaXZlcnMtc2VjcmV0"
+
+
+def test_a_wrong_local_secret_stops_listen_before_the_event_and_a_restart_delivers_it(
+    tmp_path: Path, relay: ServerProcess, local: ServerProcess
+) -> None:
+    state = tmp_path / "cursor.json"
+    local_db = tmp_path / "local.db"
+    first = send(relay.url, "customer.created", 1)
+    listen = listen_process(tmp_path, relay.url, local.url + "/webhooks", "--start", "all", "--state", str(state))
+    listen.start()
+    try:
+        wait_until(lambda: cursor_in(state) == 1, "the first event delivered and its cursor saved")
+        assert listen.terminate() == 0
+    finally:
+        listen.kill()
+    later = [send(relay.url, "subscription.created", 2), send(relay.url, "subscription.upgraded", 3)]
+
+    # The local receiver checks LOCAL_SECRET: every event would be refused, so none may be passed.
+    args = ("--state", str(state), "--secret", WRONG_SECRET)
+    wrong = listen_process(tmp_path, relay.url, local.url + "/webhooks", *args, name="listen-wrong").start()
+    try:
+        assert wrong.wait() == 1
+    finally:
+        wrong.kill()
+    output = wrong.output()
+    assert f"--> subscription.created [{later[0]}]\n<-- [401] (" in output
+    assert (
+        f"Error: listen stopped before seq 2 ({later[0]}), which is not delivered: the local receiver at "
+        f"{local.url}/webhooks refused the signature (401): pass --secret with the local receiver's secret, "
+        "or run both with the dev secret in .montra-hooks/dev-secret"
+    ) in output
+    assert "A restart resumes with that event." in output
+    assert later[1] not in output  # nothing after it was tried
+    assert "Traceback" not in output
+    assert cursor_in(state) == 1
+    assert stored_ids(local_db) == [first]
+
+    right = listen_process(tmp_path, relay.url, local.url + "/webhooks", "--state", str(state), name="listen-right")
+    right.start()
+    try:
+        wait_until(lambda: stored_ids(local_db) == [first, *later], "both held-back events at the local receiver")
+        wait_until(lambda: cursor_in(state) == 3, "the cursor after them")
+    finally:
+        right.kill()
+    assert "resuming after seq 1" in right.output()
+
+
+def test_starting_live_with_a_wrong_secret_keeps_the_first_event(
+    tmp_path: Path, relay: ServerProcess, local: ServerProcess
+) -> None:
+    # No saved cursor: listen starts at the live end, so the cursor it saves on stopping is the one before the event.
+    state = tmp_path / "cursor.json"
+    args = ("--state", str(state), "--secret", WRONG_SECRET)
+    wrong = listen_process(tmp_path, relay.url, local.url + "/webhooks", *args, name="listen-wrong").start()
+    try:
+        wrong.wait_for_output("connected to")
+        sent = [send(relay.url, "payment.succeeded", n) for n in range(2)]
+        assert wrong.wait() == 1
+    finally:
+        wrong.kill()
+    assert f"Error: listen stopped before seq 1 ({sent[0]})" in wrong.output()
+    assert cursor_in(state) == 0
+    right = listen_process(tmp_path, relay.url, local.url + "/webhooks", "--state", str(state), name="listen-right")
+    right.start()
+    try:
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == sent, "both events once the secret is right")
+    finally:
+        right.kill()
+
+
+def test_a_wrong_forward_to_path_stops_listen(tmp_path: Path, relay: ServerProcess, local: ServerProcess) -> None:
+    sent = send(relay.url, "refund.created", 1)
+    for path, status in (("/hooks", 404), ("/healthz", 405)):  # no such route; a route that takes GET only
+        state = tmp_path / f"cursor-{status}.json"
+        args = ("--start", "all", "--state", str(state))
+        listen = listen_process(tmp_path, relay.url, local.url + path, *args, name=f"listen-{status}").start()
+        try:
+            assert listen.wait() == 1
+        finally:
+            listen.kill()
+        assert (
+            f"Error: listen stopped before seq 1 ({sent}), which is not delivered: {local.url}{path} does not take "
+            f"webhooks ({status}): check --forward-to's path (the local receiver's --path, /webhooks by default)."
+        ) in listen.output()
+        assert cursor_in(state) == 0
+    assert stored_ids(tmp_path / "local.db") == []
+
+
+def test_the_cursor_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    state = tmp_path / "cursor.json"
+    (tmp_path / "cursor.json.tmp").symlink_to(victim)  # the temporary name the cursor used to be written to
+    cursor = CursorFile(state, "http://127.0.0.1:9")
+    cursor.save(7)
+    assert victim.read_text() == "keep me\n"
+    assert (cursor.load(), state.is_symlink()) == (7, False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cursor.json", "cursor.json.tmp", "victim.txt"]

@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 
 from receiver import create_app
 from receiver.app import MIN_FREE_BYTES
-from receiver.dev_secret import load_dev_secret, load_or_create_dev_secret, make_private_dir
+from receiver.dev_secret import load_dev_secret, load_or_create_dev_secret
 from receiver.errors import ConfigurationError, StoreUnavailable
 from receiver.stores.open import open_store
 from receiver.stores.protocol import EventFilter, Incoming
@@ -196,9 +196,9 @@ def test_the_dev_secret_folder_is_created_owner_only(tmp_path: Path, mask: int) 
     assert (mode(path.parent), mode(path)) == ("0o700", "0o600")
 
 
-def test_an_existing_state_folder_keeps_its_mode(tmp_path: Path) -> None:
+def test_an_existing_state_folder_is_tightened_to_its_owner(tmp_path: Path) -> None:
     folder = tmp_path / ".montra-hooks"
     folder.mkdir()
     folder.chmod(0o750)
-    make_private_dir(folder)
-    assert mode(folder) == "0o750"
+    load_or_create_dev_secret(folder / "dev-secret")
+    assert mode(folder) == "0o700"

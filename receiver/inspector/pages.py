@@ -12,17 +12,15 @@ nothing is fetched from anywhere else.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import shlex
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
-from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -35,6 +33,7 @@ from ..hooks import validate_pattern
 from ..stores.open import DEFAULT_DB
 from ..stores.protocol import REDACTED, EventFilter, Run, StoredEvent, iso
 from .access import InspectorAccess, Refusal, is_loopback_host
+from .body import body_view, highlight_json
 
 if TYPE_CHECKING:
     from ..app import MontraApp
@@ -62,30 +61,23 @@ _SECURITY_HEADERS = {
     "cache-control": "no-store",  # pages and JSON hold event data: keep them out of caches
 }
 _MAX_FORM_BYTES = 16 * 1024
-_JSON_TOKEN = re.compile(
-    r'(?P<key>"(?:[^"\\]|\\.)*")(?=: )|(?P<str>"(?:[^"\\]|\\.)*")'
-    r"|(?P<num>-?(?:\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|Infinity)|NaN)|(?P<lit>true|false|null)"
-)
-
-
-def highlight_json(text: str) -> Markup:
-    """Pretty JSON text (as `json.dumps(indent=2)` writes it) as escaped HTML with a span per token."""
-    out: list[str] = []
-    last = 0
-    for match in _JSON_TOKEN.finditer(text):
-        out.append(str(escape(text[last : match.start()])))
-        out.append(f'<span class="j-{match.lastgroup}">{escape(match.group())}</span>')
-        last = match.end()
-    out.append(str(escape(text[last:])))
-    return Markup("".join(out))  # noqa: S704 - every piece of text above went through escape()
+_MAX_SEQ = 2**63 - 1
+_AUTHENTICATED = "montra.inspector.authenticated"  # set in the request's scope by the guard
 
 
 class Inspector:
-    """The inspector's routes, for a `MontraApp` to mount: `Inspector(app, token=...).routes()`."""
+    """The inspector's routes, for a `MontraApp` to mount: `Inspector(app, token=..., explicit=True).routes()`.
 
-    def __init__(self, app: MontraApp, *, token: str | None) -> None:
+    `explicit=False` (a token created in `token_file`, not chosen by whoever started the receiver)
+    also keeps the pages to this machine: see `access`.
+    """
+
+    def __init__(self, app: MontraApp, *, token: str, explicit: bool, token_file: Path | None = None) -> None:
         self.app = app
-        self.access = InspectorAccess(token)
+        self.access = InspectorAccess(token, explicit=explicit)
+        self.token_file = token_file
+        """Where the token was read or created, when it was not given explicitly."""
+        self._token = token
         env = jinja2.Environment(
             loader=jinja2.PackageLoader("receiver.inspector", "templates"),
             autoescape=True,  # always, whatever the file name: bodies and headers are attacker-controlled
@@ -96,6 +88,11 @@ class Inspector:
         self.templates = Jinja2Templates(env=env)
         static = resources.files("receiver.inspector").joinpath("static")
         self._static = {name: static.joinpath(name).read_bytes() for name in _STATIC}
+
+    @property
+    def login_path(self) -> str:
+        """`/inspect/login?token=...`: the link that logs a browser in (relative to where the app is mounted)."""
+        return f"/inspect/login?{urlencode({'token': self._token})}"
 
     def routes(self) -> list[BaseRoute]:
         guard = self._guard
@@ -113,17 +110,23 @@ class Inspector:
     def _guard(self, endpoint: Endpoint, kind: Kind) -> Endpoint:
         async def guarded(request: Request) -> Response:
             refusal = self.access.check_network(request)
+            if refusal is None and _has_nul(request):
+                # No stored id, type or handler holds one, and PostgreSQL refuses it in any text parameter.
+                refusal = Refusal(400, "bad_query", "The address holds a NUL character (%00): no event id has one.")
             if refusal is None and request.method == "POST":
                 refusal = self.access.check_same_origin(request)
-            if refusal is not None:
-                return _secured(refusal.response())
-            if kind not in ("login", "static") and not self.access.is_authenticated(request):
-                if kind == "page":
+            if refusal is None and kind not in ("login", "static"):
+                refusal = self.access.authenticate(request)
+                if refusal is not None and refusal.status == 401 and kind == "page":
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                     return _secured(RedirectResponse(f"{_base(request)}/login?{urlencode({'next': target})}", 303))
-                message = "Log in at /inspect/login, or send Authorization: Bearer <inspect token>."
-                return _secured(Refusal(401, "unauthorized", message).response())
-            return _secured(await endpoint(request))
+                request.scope[_AUTHENTICATED] = refusal is None
+            if refusal is not None:
+                return _secured(refusal.response())
+            try:
+                return _secured(await endpoint(request))
+            except _BadQuery as e:
+                return _secured(JSONResponse({"error": "bad_query", "message": str(e)}, status_code=400))
 
         return guarded
 
@@ -155,8 +158,8 @@ class Inspector:
         if event is None:
             return self._render(request, "not_found.html", {"event_id": event_id}, status_code=404)
         runs = await self.app.store.get_runs(event_id)
-        body_html, body_kind = _body_view(event.body)
-        requeued = request.query_params.get("requeued", "")
+        body_html, body_kind = body_view(event.body)
+        requeued = _whole_number("requeued", request.query_params.get("requeued", "").strip())
         context = {
             "event": _event_row(request, event),
             "occurred_at": event.occurred_at,
@@ -170,7 +173,7 @@ class Inspector:
             "replay_command": self._replay_command(request, event_id),
             "state": _state(event, runs),
             "state_url": f"{_base(request)}/api/events/{quote(event_id, safe='')}",
-            "requeued": int(requeued) if requeued.isascii() and requeued.isdigit() else None,
+            "requeued": requeued,
         }
         return self._render(request, "event.html", context)
 
@@ -187,19 +190,24 @@ class Inspector:
             if token:
                 _hide_query(request)
         target = target if _is_inspector_path(base, target) else base
-        if not self.access.needs_login or (not token and self.access.is_authenticated(request)):
-            return RedirectResponse(target, 303)
-        if token and self.access.token_matches(token):
-            response = RedirectResponse(target, 303)
-            self.access.start_session(request, response)
-            return response
-        error = "That token is not the receiver's --inspect-token." if token else None
-        return self._render(request, "login.html", {"next": target, "error": error}, status_code=401 if token else 200)
+        if not token:
+            if self.access.has_session(request):
+                return RedirectResponse(target, 303)
+            return self._render(request, "login.html", {"next": target, "error": None})
+        refusal = self.access.try_token(request, token)
+        if refusal is None:
+            redirect = RedirectResponse(target, 303)
+            self.access.start_session(request, redirect)
+            return redirect
+        error = refusal.message if refusal.status != 401 else self._wrong_token_message()
+        page = self._render(request, "login.html", {"next": target, "error": error}, status_code=refusal.status)
+        if refusal.retry_after is not None:
+            page.headers["retry-after"] = str(refusal.retry_after)
+        return page
 
     async def logout(self, request: Request) -> Response:
         response = RedirectResponse(f"{_base(request)}/login", 303)
-        if self.access.needs_login:
-            self.access.end_session(request, response)
+        self.access.end_session(request, response)
         return response
 
     async def rerun(self, request: Request) -> Response:
@@ -246,9 +254,14 @@ class Inspector:
     # -- helpers ---------------------------------------------------------------------------
 
     def _render(self, request: Request, name: str, context: dict[str, Any], *, status_code: int = 200) -> Response:
-        logged_in = self.access.needs_login and self.access.is_authenticated(request)
-        context = {"base": _base(request), "logged_in": logged_in, **context}
+        logged_in = bool(request.scope.get(_AUTHENTICATED)) or self.access.has_session(request)
+        context = {"base": _base(request), "logged_in": logged_in, "token_file": self.token_file, **context}
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def _wrong_token_message(self) -> str:
+        if self.token_file is None:
+            return "That token is not the receiver's --inspect-token."
+        return f"That token is not the one in {self.token_file}: use the login link the receiver printed."
 
     def _run_view(self, run: Run) -> dict[str, Any]:
         registration = self.app.hooks.get(run.handler)
@@ -289,21 +302,43 @@ def _list_filter(request: Request) -> tuple[EventFilter, dict[str, str], str | N
             error = str(e)
     if filters["status"] and filters["status"] not in EVENT_STATUSES:
         error = f"Unknown status {filters['status']!r}: use one of {', '.join(EVENT_STATUSES)}."
-    for name in ("before", "after"):
-        if filters[name] and not (filters[name].isascii() and filters[name].isdigit()):
-            error = f"{name} must be an event seq (a whole number), got {filters[name]!r}."
-    limit_text = params.get("limit", "")
-    limit = min(int(limit_text), 500) if limit_text.isascii() and limit_text.isdigit() else PAGE_SIZE
+    numbers: dict[str, int | None] = {}
+    for name, text in (*((n, filters[n]) for n in ("before", "after")), ("limit", params.get("limit", "").strip())):
+        try:
+            numbers[name] = _whole_number(name, text)
+        except _BadQuery as e:
+            error = str(e)
+    before, after, limit = numbers.get("before"), numbers.get("after"), numbers.get("limit")
     selection = EventFilter(
         ids=[filters["id"]] if filters["id"] else (),
         types=[filters["type"]] if filters["type"] else (),
         status=[filters["status"]] if filters["status"] else (),
-        after_seq=int(filters["after"]) if filters["after"] and not error else None,
-        max_seq=int(filters["before"]) - 1 if filters["before"] and not error else None,
-        limit=max(limit, 1),
+        after_seq=after if not error else None,
+        max_seq=before - 1 if before is not None and not error else None,
+        limit=min(max(limit, 1), 500) if limit is not None else PAGE_SIZE,
         newest_first=True,
     )
     return selection, filters, error
+
+
+def _whole_number(name: str, text: str) -> int | None:
+    """A query value that must be an event seq or a count: None when absent, `_BadQuery` when not one."""
+    if not text:
+        return None
+    # A store's seq is a signed 64-bit integer: a larger number is no seq (and SQLite would overflow on it).
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > _MAX_SEQ:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise _BadQuery(f"{name} must be a whole number from 0 to {_MAX_SEQ}, got {shown!r}.")
+    return int(text)
+
+
+def _has_nul(request: Request) -> bool:
+    values = [*request.path_params.values(), *request.query_params.keys(), *request.query_params.values()]
+    return any("\x00" in str(value) for value in values)
+
+
+class _BadQuery(Exception):
+    """A query value the page cannot use: answered 400 with this message."""
 
 
 def _event_row(request: Request, event: StoredEvent) -> dict[str, Any]:
@@ -316,18 +351,6 @@ def _event_row(request: Request, event: StoredEvent) -> dict[str, Any]:
         "received": _display_time(iso(event.received_at)),
         "url": _event_url(request, event.id),
     }
-
-
-def _body_view(body: bytes) -> tuple[Markup, str]:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return escape(repr(body)), "bytes (not UTF-8)"
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return escape(text), "text (not JSON)"
-    return highlight_json(json.dumps(value, indent=2, ensure_ascii=False)), "JSON"
 
 
 def _state(event: StoredEvent, runs: list[Run]) -> str:
@@ -380,7 +403,10 @@ async def _form(request: Request) -> dict[str, str]:
         if len(body) > _MAX_FORM_BYTES:
             raise _FormTooLarge
     pairs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    return {name: values[0] for name, values in pairs.items()}
+    form = {name: values[0] for name, values in pairs.items()}
+    if any("\x00" in text for pair in form.items() for text in pair):
+        raise _BadQuery("The form holds a NUL character: no inspector form sends one.")
+    return form
 
 
 def _form_too_large() -> Response:

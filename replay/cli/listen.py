@@ -94,7 +94,8 @@ def listen(
         --forward-to http://127.0.0.1:8000/webhooks
 
     Each event is re-signed for --secret (same webhook-id, fresh timestamp, exact body). A local
-    target that is down or answers 5xx is retried, never skipped; a 4xx is shown and passed. The
+    target that is down or answers 5xx is retried, never skipped; a 401, 403, 404 or 405 (wrong
+    --secret or path) stops listen with exit 1 before that event; another 4xx is shown and passed. The
     cursor is saved after each answer, so a restart resumes where it stopped; with none saved,
     listen starts at the live end unless --start all (or --start SEQ) asks for the backlog.
     """

@@ -41,12 +41,18 @@ __all__ = ["PortInUse", "check_port", "serve"]
     metavar="T",
     help="Turn on GET /stream for `montra-hooks listen`, behind this bearer token (env MONTRA_HOOKS_STREAM_TOKEN).",
 )
-@click.option("--inspect", is_flag=True, help="Turn on the /inspect pages (this machine only, unless a token is set).")
+@click.option(
+    "--inspect",
+    is_flag=True,
+    help="Turn on the /inspect pages: without --inspect-token, for this machine, with a token created once in "
+    ".montra-hooks/inspect-token and a login link printed at start.",
+)
 @click.option(
     "--inspect-token",
     envvar="MONTRA_HOOKS_INSPECT_TOKEN",
     metavar="T",
-    help="Turn on /inspect for whoever logs in with this token (env MONTRA_HOOKS_INSPECT_TOKEN).",
+    help="Turn on /inspect for whoever logs in with this token, 16 characters or more "
+    "(env MONTRA_HOOKS_INSPECT_TOKEN).",
 )
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
 def serve(
@@ -90,7 +96,10 @@ def serve(
     check_port(host, port)
     secret_note = f"{len(chosen)} configured"
     if not chosen:
-        secret, created = load_or_create_dev_secret()
+        try:
+            secret, created = load_or_create_dev_secret()
+        except ConfigurationError as e:  # a link planted where the secret goes: say so, in one line
+            raise click.UsageError(str(e)) from e
         chosen = [secret]
         secret_note = f"dev secret in {DEV_SECRET_FILE}" + (" (created)" if created else "")
     hooks = load_hooks(app_spec) if app_spec else Hooks()
@@ -123,9 +132,12 @@ def serve(
     click.echo(f"  secret:   {secret_note}")
     click.echo(f"  handlers: {', '.join(hooks.names) or 'none (events are stored, not dispatched)'}")
     click.echo("  stream:   " + ("GET /stream, token required" if stream_token else "off (--stream-token turns it on)"))
-    if inspect or inspect_token:
-        who = "log in with the --inspect-token" if inspect_token else "this machine only"
-        click.echo(f"  inspect:  http://{shown_host}:{port}/inspect ({who})")
+    if app.inspector is not None and app.inspector.token_file is None:
+        click.echo(f"  inspect:  http://{shown_host}:{port}/inspect (log in with the --inspect-token)")
+    elif app.inspector is not None:
+        # As Jupyter does: the link holds the token, so opening it is the login (this machine only).
+        login = f"http://{shown_host}:{port}{app.inspector.login_path}"
+        click.echo(f"  inspect:  {login} (this machine only; token in {app.inspector.token_file})")
     click.echo("  delivery to handlers is at least once: make them idempotent on event.id")
     command = command_name()  # as the shell finds it: from `make run` it is not on PATH
     target = f"http://{shown_host}:{port}{path}"
