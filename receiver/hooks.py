@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -258,6 +259,19 @@ class Hooks:
             )
 
 
+def _import_failure(module_name: str, error: BaseException) -> str:
+    """What an import that raised went through in the user's own code: its frames (not importlib's, not ours)."""
+    internal = (__file__, importlib.__file__)
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if frame.filename not in internal and not frame.filename.startswith("<frozen importlib")
+    ]
+    trace = "".join(traceback.format_list(frames))
+    last = "".join(traceback.format_exception_only(error)).strip()
+    return f"importing {module_name!r} failed:\n{trace}{last}"
+
+
 def is_async_callable(fn: Callable[..., Any]) -> bool:
     """True for `async def` functions, partials of them and objects with an `async def __call__`."""
     while isinstance(fn, functools.partial):
@@ -274,14 +288,22 @@ def import_hooks(spec: str) -> Hooks:
     attribute is not a `Hooks`.
     """
     module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"{spec!r} is not MODULE:HOOKS, e.g. examples.handlers:hooks.")
+    dotted = module_name.split(".")
+    if not (all(part.isidentifier() for part in dotted) and attribute.isidentifier()):
+        raise ConfigurationError(
+            f"{spec!r} is not MODULE:HOOKS: a dotted module name (not a file path) and a name, "
+            "e.g. examples.handlers:hooks."
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigurationError(f"cannot import {module_name!r}: {e}.") from e
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):  # the module itself, not one it imports
+            raise ConfigurationError(f"cannot import {module_name!r}: no module named {e.name!r}.") from e
+        raise ConfigurationError(_import_failure(module_name, e)) from e
+    except Exception as e:  # the module's own code raised: show its frames, as `python -m` would
+        raise ConfigurationError(_import_failure(module_name, e)) from e
     hooks = getattr(module, attribute, None)
     if not isinstance(hooks, Hooks):
         found = type(hooks).__name__ if hooks is not None else "nothing"

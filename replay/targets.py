@@ -30,12 +30,13 @@ def check_target(url: str, *, allow_remote: bool) -> str:
 
     try:
         parsed = httpx.URL(url)
-    except httpx.InvalidURL as e:
+        host = parsed.host  # decodes an xn-- name: a malformed one raises here, not in the middle of a send
+    except (httpx.InvalidURL, UnicodeError) as e:
         raise ConfigurationError(f"{url!r} is not a URL: {e}.") from e
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed.scheme not in ("http", "https") or not host:
         raise ConfigurationError(f"{url!r} is not an http(s) URL: use e.g. {DEFAULT_TO}.")
-    if not allow_remote and not is_loopback(parsed.host):
-        raise RemoteTarget(f"{parsed.host} is not on loopback: pass --allow-remote to send events to {url} on purpose.")
+    if not allow_remote and not is_loopback(host):
+        raise RemoteTarget(f"{host} is not on loopback: pass --allow-remote to send events to {url} on purpose.")
     return url
 
 

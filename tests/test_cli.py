@@ -337,3 +337,41 @@ def test_fixture_folders_from_the_environment_do_not_switch_replay_off_the_store
 def test_shared_option_types_name_the_option(db: Path, option: str, value: str, fragment: str) -> None:
     command = ["prune"] if option == "--older-than" else ["events", "list"]
     assert_usage_error(invoke(*command, "--db", str(db), option, value), fragment)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["events", "list", "--since", "99999999999999999999d"],
+            "Invalid value for --since: '99999999999999999999d' is longer than 100 years",
+        ),
+        (
+            ["prune", "--older-than", "99999999999999999999d"],
+            "Invalid value for --older-than: '99999999999999999999d' is longer",
+        ),
+        (
+            ["serve", "--path", "webhooks"],
+            "Invalid value for '--path': 'webhooks' must start with '/': e.g. /webhooks.",
+        ),
+        (["serve", "--path", "/healthz"], "'/healthz' is one of the receiver's own routes"),
+        (["serve", "--app", "../x:y"], "Invalid value for --app: '../x:y' is not MODULE:HOOKS"),
+        (
+            [
+                "trigger",
+                "customer.created",
+                "--secret",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "--to",
+                "http://xn--/webhooks",
+            ],
+            "'http://xn--/webhooks' is not a URL",
+        ),
+    ],
+)
+def test_hostile_inputs_are_one_line_usage_errors(db: Path, args: list[str], message: str) -> None:
+    result = invoke(*args, *(["--db", str(db)] if args[0] in ("events", "prune") else []))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output

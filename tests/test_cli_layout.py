@@ -119,9 +119,14 @@ def test_replay_library_modules_import_no_click_at_run_time() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("handlers_here", "'handlers_here' is not MODULE:HOOKS, e.g. examples.handlers:hooks."),
+        ("handlers_here", "'handlers_here' is not MODULE:HOOKS: a dotted module name (not a file path) and a name"),
         (":hooks", "':hooks' is not MODULE:HOOKS"),
-        ("no_such_module_anywhere:hooks", "cannot import 'no_such_module_anywhere': No module named"),
+        ("../x:y", "'../x:y' is not MODULE:HOOKS: a dotted module name (not a file path)"),
+        ("handlers_here:hooks()", "is not MODULE:HOOKS"),
+        (
+            "no_such_module_anywhere:hooks",
+            "cannot import 'no_such_module_anywhere': no module named 'no_such_module_anywhere'.",
+        ),
         ("handlers_here:missing", "handlers_here:missing is nothing, not a receiver.Hooks."),
         ("handlers_here:value", "handlers_here:value is int, not a receiver.Hooks."),
     ],
@@ -137,6 +142,34 @@ def test_import_hooks_raises_configuration_error(
         import_hooks(spec)
     assert not isinstance(raised.value, click.ClickException)
     assert message in str(raised.value)
+
+
+def test_a_module_that_raises_on_import_shows_its_own_frames_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "handlers_broken.py").write_text(
+        "import os\n\ndef setup():\n    raise ValueError('no DSN')\n\nsetup()\n"
+    )
+    (tmp_path / "handlers_needy.py").write_text("import not_installed_anywhere\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("handlers_broken", "handlers_needy"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ConfigurationError) as raised:
+        import_hooks("handlers_broken:hooks")
+    broken = str(tmp_path / "handlers_broken.py")
+    assert str(raised.value).splitlines() == [
+        "importing 'handlers_broken' failed:",
+        f'  File "{broken}", line 6, in <module>',
+        "    setup()",
+        f'  File "{broken}", line 4, in setup',
+        "    raise ValueError('no DSN')",
+        "ValueError: no DSN",
+    ]
+    with pytest.raises(ConfigurationError) as needy:
+        import_hooks("handlers_needy:hooks")  # a module the user's module imports is missing: its frame shows
+    assert str(needy.value).splitlines()[0] == "importing 'handlers_needy' failed:"
+    assert str(needy.value).splitlines()[-1] == "ModuleNotFoundError: No module named 'not_installed_anywhere'"
 
 
 def test_import_hooks_returns_the_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

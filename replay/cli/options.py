@@ -68,6 +68,8 @@ else:
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_MAX_DURATION = 100 * 365 * 86400
+"""Longer ago than this is before any webhook was sent (and past what a datetime holds, for huge numbers)."""
 
 
 def _fail(message: str, param: click.Parameter | None, ctx: click.Context | None) -> click.BadParameter:
@@ -87,7 +89,10 @@ class Duration(_FloatType):
         match = _DURATION.match(str(value).strip())
         if not match:
             raise _fail(f"{value!r} is not a duration: use a number and a unit, e.g. 30d, 12h, 15m.", param, ctx)
-        return float(match.group(1)) * _SECONDS[match.group(2)]
+        seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+        if seconds > _MAX_DURATION:
+            raise _fail(f"{value!r} is longer than 100 years: use e.g. 30d, 52w.", param, ctx)
+        return seconds
 
 
 class When(_TimeType):

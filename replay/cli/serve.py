@@ -27,7 +27,13 @@ __all__ = ["PortInUse", "check_port", "serve"]
 @db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--path", default="/webhooks", show_default=True, help="Path that takes webhooks.")
+@click.option(
+    "--path",
+    default="/webhooks",
+    show_default=True,
+    callback=lambda ctx, param, value: _route(value),
+    help="Path that takes webhooks.",
+)
 @click.option("--secret", "secrets", multiple=True, metavar="S", help="Webhook secret; repeat to rotate.")
 @click.option("--tolerance", default=300, show_default=True, type=click.IntRange(min=0), metavar="SECONDS")
 @click.option("--max-body", default=1024 * 1024, show_default=True, type=click.IntRange(min=1), metavar="BYTES")
@@ -188,3 +194,12 @@ def check_port(host: str, port: int) -> None:
             raise click.UsageError(
                 f"Cannot listen on {host} port {port}: {e.strerror}. Check --host and --port."
             ) from e
+
+
+def _route(path: str) -> str:
+    """A path the router can mount: absolute, and not one of the receiver's own routes."""
+    if not path.startswith("/"):
+        raise click.BadParameter(f"{path!r} must start with '/': e.g. /{path.lstrip('/') or 'webhooks'}.")
+    if path in ("/", "/healthz", "/stream") or path.startswith("/inspect"):
+        raise click.BadParameter(f"{path!r} is one of the receiver's own routes: pick another, e.g. /webhooks.")
+    return path
