@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from postgres_support import pg_query
 from starlette.testclient import TestClient
+from support.postgres import pg_query
 from test_inspector import ORIGIN, deliver, local_client
 
 from receiver import Event, Hooks, create_app

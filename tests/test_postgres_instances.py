@@ -1,7 +1,7 @@
 """Several real `montra-hooks serve` instances on one PostgreSQL database (issue 7), and the CLI against it.
 
 Each test gets a fresh schema (`postgres_url`), passed as `--db`; the servers are real processes on
-loopback ports, serving `tests/dispatch_apps/recording.py` where handlers matter: its start and end
+loopback ports, serving `tests/support/apps/recording.py` where handlers matter: its start and end
 lines (with pid and time) show which instance ran which try, and whether two tries ever overlapped.
 """
 
@@ -24,20 +24,21 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from conftest import ServerProcess, signed_post
-from dispatch_support import SECRET, envelope, install_recording_app, read_log, wait_until
-from instances_support import (
+from support.dispatch import SECRET, envelope, install_recording_app, read_log
+from support.instances import (
     PASSWORD,
     STREAM_TOKEN,
     RunHistory,
     StalledWriter,
     StreamTap,
     all_succeeded,
-    async_post,
     statuses,
     with_password,
 )
-from postgres_support import pg_query, postgres_base_url
+from support.postgres import pg_query, postgres_base_url
+from support.server import ServerProcess
+from support.signing import async_post, signed_post
+from support.wait import wait_until
 
 from replay.cli import cli
 

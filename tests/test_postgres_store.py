@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from click.testing import CliRunner
-from postgres_support import pg_query, postgres_base_url
+from support.postgres import pg_query, postgres_base_url
 from test_store_contract import bounds_reaching, finish, incoming, run
 
 from receiver.cli import cli
