@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 from support.db import query
-from support.postgres import pg_query, require_postgres
+from support.postgres import pg_query
 from support.signing import signed_post
 
 from receiver import Verifier
@@ -96,10 +96,12 @@ def test_a_short_ingest_run_stores_every_acknowledged_event(capsys: pytest.Captu
 
 
 @pytest.mark.timeout(120)
-def test_a_short_postgres_ingest_run_stores_every_acknowledged_event(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_short_postgres_ingest_run_stores_every_acknowledged_event(
+    capsys: pytest.CaptureFixture[str], postgres_server: str
+) -> None:
     import ingest_postgres
 
-    base = require_postgres()  # skips without a server, fails if MONTRA_TEST_POSTGRES_URL promised one
+    base = postgres_server  # without a server the test skips, or fails if MONTRA_TEST_POSTGRES_URL promised one
     argv = ["--rounds", "1", "--seconds", "1", "--warmup", "1", "--connections", "4", "--load", "python"]
     figures = ingest_postgres.main([*argv, "--postgres", base])  # raises if any store lost an acknowledged event
     out = capsys.readouterr().out

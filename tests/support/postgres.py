@@ -130,6 +130,15 @@ def require_postgres() -> str:
 
 
 @pytest.fixture
+def postgres_server() -> str:
+    """The test server's URL as it is (no schema of its own), for code that makes its own; skips or fails as above.
+
+    A fixture rather than a call in the test, so a skip's line names the test, not this module.
+    """
+    return require_postgres()
+
+
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A URL to the test database whose connections use a fresh, empty schema (`t_<hex>`), dropped at teardown.
 
