@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import query
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
+from support.db import query
 
 from receiver import create_app, sign
 from receiver.app import DEFAULT_MAX_BODY, MAX_HEADER_BYTES, MontraApp

@@ -7,10 +7,10 @@ import json
 import time
 from pathlib import Path
 
-from conftest import query
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
+from support.db import query
 
 from receiver import create_app, sign
 

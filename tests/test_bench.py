@@ -6,15 +6,15 @@ they claim (verify, store, one row per event), and that a short ingest run store
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import query, signed_post
-from postgres_support import ENV, HOW_TO_GET_ONE, pg_query, postgres_base_url
 from starlette.testclient import TestClient
+from support.db import query
+from support.postgres import pg_query
+from support.signing import signed_post
 
 from receiver import Verifier
 
@@ -96,14 +96,12 @@ def test_a_short_ingest_run_stores_every_acknowledged_event(capsys: pytest.Captu
 
 
 @pytest.mark.timeout(120)
-def test_a_short_postgres_ingest_run_stores_every_acknowledged_event(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_short_postgres_ingest_run_stores_every_acknowledged_event(
+    capsys: pytest.CaptureFixture[str], postgres_server: str
+) -> None:
     import ingest_postgres
 
-    base = postgres_base_url()
-    if base is None:
-        if os.environ.get(ENV):
-            pytest.fail(f"{ENV} is set but the server does not answer", pytrace=False)
-        pytest.skip(f"no PostgreSQL server: {HOW_TO_GET_ONE}")
+    base = postgres_server  # without a server the test skips, or fails if MONTRA_TEST_POSTGRES_URL promised one
     argv = ["--rounds", "1", "--seconds", "1", "--warmup", "1", "--connections", "4", "--load", "python"]
     figures = ingest_postgres.main([*argv, "--postgres", base])  # raises if any store lost an acknowledged event
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
-from conftest import query
+from support.db import query
 
 from receiver.stores.protocol import Incoming
 from receiver.stores.sqlite.store import SQLiteStore

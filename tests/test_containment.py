@@ -22,15 +22,18 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ServerProcess, query, signed_post
-from dispatch_support import SECRET, envelope, read_log, runs, settled, wait_until
 from starlette.testclient import TestClient
+from support.db import query
+from support.dispatch import SECRET, envelope, read_log, runs, settled
+from support.server import ServerProcess
+from support.signing import signed_post
+from support.wait import wait_until
 
 from receiver import Event, Hooks, NoRetry, create_app
 
 Serve = Callable[..., ServerProcess]
 
-CRASHING_APP = Path(__file__).resolve().parent / "dispatch_apps" / "crashing.py"
+CRASHING_APP = Path(__file__).resolve().parent / "support" / "apps" / "crashing.py"
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, query
+from support.db import query
+from support.server import ServerProcess
 
 from receiver import sign
 

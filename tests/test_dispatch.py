@@ -21,11 +21,12 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import signed_post
-from dispatch_support import SECRET, envelope, event_status, runs, settled, wait_until
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
+from support.dispatch import SECRET, envelope, event_status, runs, settled
+from support.signing import signed_post
+from support.wait import wait_until
 
 from receiver import Event, Hooks, NoRetry, create_app, sign
 from receiver.dispatch import Dispatcher, DispatchSettings

@@ -1,6 +1,6 @@
 """The dispatcher in real `montra-hooks serve --app recording:hooks` processes, crashes and shutdowns included.
 
-`tests/dispatch_apps/recording.py` is copied into tmp_path and served from there (the working
+`tests/support/apps/recording.py` is copied into tmp_path and served from there (the working
 directory importable, as uvicorn does); its handlers append start/end lines with their pid and
 times to `runs.jsonl`, which is what these tests read to see what ran, where and when.
 """
@@ -20,8 +20,10 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import ServerProcess, signed_post
-from dispatch_support import SECRET, envelope, event_status, install_recording_app, read_log, runs, settled, wait_until
+from support.dispatch import SECRET, envelope, event_status, install_recording_app, read_log, runs, settled
+from support.server import ServerProcess
+from support.signing import signed_post
+from support.wait import wait_until
 
 from replay.cli import cli
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import query, signed_post
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
+from support.db import query
+from support.signing import signed_post
+from support.wait import wait_until
 
 from receiver import Event, Hooks, create_app
 from receiver.app import MontraApp
@@ -320,10 +322,12 @@ def test_rerun_in_background_mode_wakes_the_dispatcher(tmp_path: Path) -> None:
     with local_client(app) as client:
         log_in(client, app)
         assert deliver(client, "payment.failed", "msg_bg") == 200
-        assert wait_for(lambda: query(db, runs) == [("failed", 1)])  # the next try is an hour away
+        failed = [("failed", 1)]  # the next try is an hour away
+        wait_until(lambda: query(db, runs), until=failed.__eq__, timeout=10.0, what=f"runs {failed}")
         response = client.post("/inspect/events/msg_bg/rerun", data={"handler": "flaky"}, headers=ORIGIN)
         assert response.status_code == 200
-        assert wait_for(lambda: query(db, runs) == [("succeeded", 2)])
+        succeeded = [("succeeded", 2)]
+        wait_until(lambda: query(db, runs), until=succeeded.__eq__, timeout=10.0, what=f"runs {succeeded}")
     assert calls["msg_bg"] == 2
 
 
@@ -342,15 +346,6 @@ def test_rerun_of_an_unknown_event_is_a_404(loopback: tuple[TestClient, dict[str
     client, _ = loopback
     response = client.post("/inspect/events/msg_nope/rerun", headers=ORIGIN)
     assert (response.status_code, error_of(response)) == (404, "not_found")
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # -- with a token --------------------------------------------------------------------------

@@ -15,9 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import ServerProcess, query, signed_post
 from starlette.testclient import TestClient
-from test_inspector import ORIGIN, SECRET, TOKEN, deliver, error_of, local_client, log_in, make_app, wait_for
+from support.db import query
+from support.server import ServerProcess
+from support.signing import signed_post
+from support.wait import wait_until
+from test_inspector import ORIGIN, SECRET, TOKEN, deliver, error_of, local_client, log_in, make_app
 
 from receiver import create_app
 from receiver.errors import ConfigurationError
@@ -124,7 +127,7 @@ def test_serve_prints_the_login_link_and_a_same_host_proxy_gets_nothing_without_
     body = json.dumps({"type": "payment.failed", "data": {"id": "pay_1"}}).encode()
     assert signed_post(server.url + "/webhooks", body, SECRET, "msg_pay").status_code == 200
     runs = "SELECT status, attempts FROM handler_runs WHERE event_id = 'msg_pay'"
-    assert wait_for(lambda: query(tmp_path / "events.db", runs) == [("failed", 1)])
+    wait_until(lambda: query(tmp_path / "events.db", runs) == [("failed", 1)], what="the failed run")
 
     # What nginx forwards from anyone: loopback client, `Host: 127.0.0.1:port`, no forwarding header.
     with httpx.Client(base_url=server.url) as proxy:

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, free_port, query, signed_post
+from support.browser import CHROMEDRIVER, CHROMIUM, needs_chromium
+from support.db import query
+from support.net import free_port
+from support.server import ServerProcess
+from support.signing import signed_post
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="needs Debian's /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)",
-)
+pytestmark = needs_chromium
 
 from selenium import webdriver  # noqa: E402 - after the skip, so the reason above is what a reader sees
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402

@@ -6,8 +6,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from postgres_support import pg_query
 from starlette.testclient import TestClient
+from support.postgres import pg_query
 from test_inspector import ORIGIN, deliver, local_client, log_in
 
 from receiver import Event, Hooks, create_app

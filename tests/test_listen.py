@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import ServerProcess
-from tunnel_support import (
+from support.server import ServerProcess
+from support.tunnel import (
     LOCAL_SECRET,
     RELAY_SECRET,
     TOKEN,
@@ -26,8 +26,8 @@ from tunnel_support import (
     send,
     stored,
     stored_ids,
-    wait_until,
 )
+from support.wait import wait_until
 
 from replay.cli import cli
 from replay.listen import CursorFile
@@ -57,7 +57,7 @@ def test_live_delivery_resigned_with_the_exact_body(tmp_path: Path, relay: Serve
     try:
         listen.wait_for_output("connected to")
         ids = [send(relay.url, "refund.created", n) for n in range(3)]
-        wait_until(lambda: len(stored(tmp_path / "local.db")) == 3, "3 events in the local store")
+        wait_until(lambda: len(stored(tmp_path / "local.db")) == 3, what="3 events in the local store")
         relay_rows, local_rows = stored(tmp_path / "relay.db"), stored(tmp_path / "local.db")
         assert [row[1:] for row in local_rows] == [row[1:] for row in relay_rows]  # same ids, types, bodies, order
         assert [row[1] for row in local_rows] == ids
@@ -90,23 +90,27 @@ def test_sigkill_while_events_keep_arriving_loses_nothing(
     try:
         listen.wait_for_output("connected to")
         sent.extend(send(relay.url, "customer.created", n) for n in range(5))
-        wait_until(lambda: cursor_in(state) == 5, "the cursor saved at seq 5")
+        wait_until(lambda: cursor_in(state) == 5, what="the cursor saved at seq 5")
         sender = threading.Thread(target=keep_sending)
         sender.start()
         try:
-            wait_until(lambda: len(stored(tmp_path / "local.db")) >= 10, "deliveries under way")
+            wait_until(lambda: len(stored(tmp_path / "local.db")) >= 10, what="deliveries under way")
             listen.kill()
             killed_at = cursor_in(state)
             assert killed_at is not None
-            wait_until(lambda: len(sent) >= len(stored(tmp_path / "local.db")) + 10, "events sent while it is down")
+            wait_until(
+                lambda: len(sent) >= len(stored(tmp_path / "local.db")) + 10, what="events sent while it is down"
+            )
             listen.start()
             listen.wait_for_output(f"resuming after seq {killed_at}")
             sent_at_restart = len(sent)
-            wait_until(lambda: len(stored(tmp_path / "local.db")) >= sent_at_restart + 5, "caught up, still receiving")
+            wait_until(
+                lambda: len(stored(tmp_path / "local.db")) >= sent_at_restart + 5, what="caught up, still receiving"
+            )
         finally:
             stop.set()
             sender.join()
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == stored_ids(tmp_path / "relay.db"), "every event")
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == stored_ids(tmp_path / "relay.db"), what="every event")
     finally:
         listen.kill()
     assert stored_ids(tmp_path / "local.db") == sent  # all of them, once each, in the order the relay stored them
@@ -123,7 +127,7 @@ def test_a_target_answering_500_is_retried_and_nothing_is_skipped(tmp_path: Path
         assert "(seq 1 is not skipped)" in listen.output()
         assert target.received() == []
         target.fail(False)
-        wait_until(lambda: len(target.received()) == 3, "3 events at the target")
+        wait_until(lambda: len(target.received()) == 3, what="3 events at the target")
         assert target.received() == [(event_id, event_body("payment.succeeded", n)) for n, event_id in enumerate(ids)]
     finally:
         listen.kill()
@@ -138,7 +142,7 @@ def test_a_target_that_is_down_is_waited_for(tmp_path: Path, relay: ServerProces
         ids = [send(relay.url, "checkout.completed", n) for n in range(2)]
         listen.wait_for_output(f"waiting for {local.url}/webhooks: cannot connect", count=2)
         local.start()
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == ids, "both events once the target is up")
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == ids, what="both events once the target is up")
     finally:
         listen.kill()
         local.kill()
@@ -151,7 +155,7 @@ def test_a_4xx_is_shown_and_passed(tmp_path: Path, relay: ServerProcess) -> None
         listen.wait_for_output("connected to")
         target.reject("msg_refund_created_1")
         ids = [send(relay.url, "refund.created", n) for n in range(3)]
-        wait_until(lambda: len(target.received()) == 2, "the two accepted events")
+        wait_until(lambda: len(target.received()) == 2, what="the two accepted events")
         listen.wait_for_output('"seq": 3')
     finally:
         listen.kill()
@@ -174,14 +178,16 @@ def test_the_relay_restarted_the_listener_reconnects(
     try:
         listen.wait_for_output("connected to")
         first = send(relay.url, "subscription.created", 1)
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == [first], "the first event")
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == [first], what="the first event")
         relay.kill()
         listen.wait_for_output("reconnecting in")
         relay.start()
         listen.wait_for_output("connected to http", count=2)
         assert "after seq 1" in listen.output()
         more = [send(relay.url, "subscription.upgraded", n) for n in range(2, 5)]
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == [first, *more], "the events sent after the restart")
+        wait_until(
+            lambda: stored_ids(tmp_path / "local.db") == [first, *more], what="the events sent after the restart"
+        )
     finally:
         listen.kill()
 
@@ -192,7 +198,7 @@ def test_a_silent_relay_trips_the_watchdog_and_the_listener_reconnects(tmp_path:
     try:
         listen.wait_for_output("connected to")
         first = send(relay.url, "meter.created", 1)
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == [first], "the first event")
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == [first], what="the first event")
         relay.pause()
         try:
             listen.wait_for_output("reconnecting in")
@@ -201,7 +207,7 @@ def test_a_silent_relay_trips_the_watchdog_and_the_listener_reconnects(tmp_path:
         assert "no data from the relay for 1.5 s" in listen.output()
         listen.wait_for_output("connected to http", count=2)
         second = send(relay.url, "meter.created", 2)
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == [first, second], "an event after the reconnect")
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == [first, second], what="an event after the reconnect")
     finally:
         listen.kill()
         relay.kill()
@@ -221,7 +227,7 @@ def test_start_all_after_a_prune_reports_the_gap(tmp_path: Path, relay: ServerPr
     kept = send(relay.url, "refund.created", 3)
     listen = listen_process(tmp_path, relay.url, local.url + "/webhooks", "--start", "all").start()
     try:
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == [kept], "the event the relay still holds")
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == [kept], what="the event the relay still holds")
         listen.wait_for_output("warning: the relay no longer holds events 1 to 3")
     finally:
         listen.kill()
@@ -239,10 +245,10 @@ def test_events_filter_and_the_cursor_moves_past_skipped_events(
     send(relay.url, "customer.created", 4)
     listen.start()
     try:
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == wanted, "only the matching events")
-        wait_until(lambda: cursor_in(state) == 4, "the cursor past the last skipped event")
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == wanted, what="only the matching events")
+        wait_until(lambda: cursor_in(state) == 4, what="the cursor past the last skipped event")
         wanted.append(send(relay.url, "subscription.canceled", 5))
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == wanted, "a live matching event")
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == wanted, what="a live matching event")
     finally:
         listen.kill()
     assert "refund.created" not in listen.output()

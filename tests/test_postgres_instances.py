@@ -1,7 +1,7 @@
 """Several real `montra-hooks serve` instances on one PostgreSQL database (issue 7), and the CLI against it.
 
 Each test gets a fresh schema (`postgres_url`), passed as `--db`; the servers are real processes on
-loopback ports, serving `tests/dispatch_apps/recording.py` where handlers matter: its start and end
+loopback ports, serving `tests/support/apps/recording.py` where handlers matter: its start and end
 lines (with pid and time) show which instance ran which try, and whether two tries ever overlapped.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import shlex
 import threading
 import time
@@ -24,20 +25,21 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from conftest import ServerProcess, signed_post
-from dispatch_support import SECRET, envelope, install_recording_app, read_log, wait_until
-from instances_support import (
+from support.dispatch import SECRET, envelope, install_recording_app, read_log
+from support.instances import (
     PASSWORD,
     STREAM_TOKEN,
     RunHistory,
     StalledWriter,
     StreamTap,
     all_succeeded,
-    async_post,
     statuses,
     with_password,
 )
-from postgres_support import pg_query, postgres_base_url
+from support.postgres import pg_query, postgres_base_url
+from support.server import ServerProcess
+from support.signing import async_post, signed_post
+from support.wait import wait_until
 
 from replay.cli import cli
 
@@ -383,7 +385,10 @@ def test_connections_cut_mid_load_lose_no_acknowledged_event_and_the_receiver_re
     """Every connection of the receiver's is terminated by the server while events arrive (a failover, a restart):
     requests in flight may get 503 `store_unavailable`, never a 2xx for an event that is not stored, never a 500;
     the pool reconnects and the receiver goes on."""
-    server = serve("--db", postgres_url, "--secret", SECRET, name="receiver")
+    # Its own application_name, so the cut ends the receiver's connections only, not those of other test runs
+    # that share the database (terminating every client of it broke them).
+    name = f"montra_cut_{secrets.token_hex(4)}"
+    server = serve("--db", f"{postgres_url}&application_name={name}", "--secret", SECRET, name="receiver")
     url = server.url + "/webhooks"
     count = 400
     answers: dict[str, tuple[int, str]] = {}
@@ -398,15 +403,12 @@ def test_connections_cut_mid_load_lose_no_acknowledged_event_and_the_receiver_re
                 with lock:
                     answers[msg_id] = (response.status_code, body.get("status") or body.get("error"))
 
-    cut = (
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-    )
+    cut = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s"
     with ThreadPoolExecutor(4) as pool:
         senders = [pool.submit(sender, range(i, count, 4)) for i in range(4)]
         for third in (1, 2):
             wait_until(lambda third=third: len(answers) >= count * third // 3, what="events to be answered")
-            assert pg_query(postgres_url, cut)[0][0] >= 1  # the pool's connections and the LISTEN one
+            assert pg_query(postgres_url, cut, (name,))[0][0] >= 1  # the pool's connections and the LISTEN one
         for future in senders:
             future.result()
 

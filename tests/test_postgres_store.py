@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from click.testing import CliRunner
-from postgres_support import pg_query, postgres_base_url
+from support.postgres import pg_query, postgres_base_url
+from support.wait import wait_until_async
 from test_store_contract import bounds_reaching, finish, incoming, run
 
 from receiver.errors import ConfigurationError, StoreUnavailable
@@ -104,10 +105,9 @@ def test_the_stores_own_batch_holds_the_horizon_until_it_commits(
         try:
             slow = asyncio.ensure_future(store.ingest(incoming("evt_slow", at=time.time())))
             parked = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            for _ in range(1000):  # until the batch waits in the trigger, its seq taken
-                if pg_query(postgres_url, parked) != [(0,)]:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until_async(  # until the batch waits in the trigger, its seq taken
+                lambda: pg_query(postgres_url, parked) != [(0,)], timeout=10.0, what="the batch to wait in the trigger"
+            )
             seen: dict[str, Any] = {"fast": (await other.ingest(incoming("evt_fast", at=time.time()))).seq}
             seen["parked"] = await other.seq_bounds()
             raw.execute("SELECT pg_advisory_unlock(4242)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import MONTRA_HOOKS
+from support.server import MONTRA_HOOKS
 
 from receiver.dev_secret import load_dev_secret, load_or_create_dev_secret
 from receiver.errors import ConfigurationError

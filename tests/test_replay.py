@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import MONTRA_HOOKS, ServerProcess, query
 from standardwebhooks.webhooks import Webhook
+from support.db import query
+from support.server import MONTRA_HOOKS, ServerProcess
 
 from receiver import sign
 from receiver.stores.protocol import Incoming, iso

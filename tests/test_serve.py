@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import ServerProcess, query, signed_post
 from starlette.testclient import TestClient
+from support.db import query
+from support.server import ServerProcess
+from support.signing import signed_post
 
 from receiver import create_app, sign
 from receiver.verify import generate_secret

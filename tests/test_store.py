@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import query
+from support.db import query
 
 from receiver.errors import ConfigurationError, StoreUnavailable
 from receiver.stores.protocol import EventFilter, Incoming

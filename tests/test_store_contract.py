@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-from conftest import query
-from postgres_support import pg_query
+from support.db import query
+from support.postgres import pg_query
+from support.wait import wait_until_async
 
 from receiver.errors import ConfigurationError, StoreUnavailable
 from receiver.event import RunStatus
@@ -669,17 +670,14 @@ def test_get_event_and_get_runs(store_url: str) -> None:
 
 
 async def bounds_reaching(store: Store, newest: int) -> tuple[int, int]:
-    """seq_bounds() once its newest has reached `newest` (or after SETTLE seconds, to fail the assertion after it).
+    """seq_bounds() once its newest has reached `newest` (the test then asserts the exact bounds).
 
     On PostgreSQL the newest seq served waits for every transaction older than the commit, in the whole cluster, to
     end: another process's (another test run's) transaction may hold it back for a while.
     """
-    deadline = time.monotonic() + SETTLE
-    while True:
-        bounds = await store.seq_bounds()
-        if bounds[1] >= newest or time.monotonic() >= deadline:
-            return bounds
-        await asyncio.sleep(0.01)
+    return await wait_until_async(
+        store.seq_bounds, until=lambda bounds: bounds[1] >= newest, timeout=SETTLE, what=f"the newest seq {newest}"
+    )
 
 
 def test_seq_bounds_follow_ingest_and_prune(store_url: str) -> None:

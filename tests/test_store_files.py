@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import signed_post
 from starlette.testclient import TestClient
+from support.signing import signed_post
 
 from receiver import create_app
 from receiver.app import MIN_FREE_BYTES

@@ -12,8 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ServerProcess, signed_post, sse_frame
 from starlette.testclient import TestClient
+from support.server import ServerProcess
+from support.signing import signed_post
+from support.sse import sse_frame
 
 from receiver import ConfigurationError, create_app
 from receiver.app import MontraApp

@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import ServerProcess, free_port, query
 from standardwebhooks.webhooks import Webhook
+from support.db import query
+from support.net import free_port
+from support.server import ServerProcess
 
 from replay.cli import cli
 from replay.fixtures import Catalogue

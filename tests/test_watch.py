@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import MONTRA_HOOKS, ServerProcess, query
+from support.db import query
+from support.server import MONTRA_HOOKS, ServerProcess
+from support.wait import wait_until
 
 from replay.cli import cli
 
@@ -92,12 +94,13 @@ def save(path: Path, document: Any) -> None:
 
 
 def wait_for_rows(db: Path, count: int) -> list[tuple[Any, ...]]:
-    deadline = time.monotonic() + WAIT
-    while True:
-        rows = query(db, "SELECT id, type, body FROM events ORDER BY seq")
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+    """The stored events once there are `count` or more (the test then asserts exactly which)."""
+    return wait_until(
+        lambda: query(db, "SELECT id, type, body FROM events ORDER BY seq"),
+        until=lambda rows: len(rows) >= count,
+        timeout=WAIT,
+        what=f"{count} stored events",
+    )
 
 
 def test_watch_sends_a_fixture_to_a_receiver_each_time_it_is_saved(

@@ -3,7 +3,7 @@
 - `StreamTap`: one client of a real server's `GET /stream`, read by a task of its own, so a test can
   look at what arrived so far (and at what did not) while it does other things;
 - `StalledWriter`: a transaction that takes a seq as a batch does and then neither commits nor rolls back;
-- `RunHistory`: the recording app's `runs.jsonl` (tests/dispatch_apps/recording.py) as tries per run;
+- `RunHistory`: the recording app's `runs.jsonl` (tests/support/apps/recording.py) as tries per run;
 - reading `handler_runs`, and a `--db` URL with a password in it.
 """
 
@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -23,11 +21,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
-from conftest import sse_frame
-from dispatch_support import wait_until
-from postgres_support import pg_query
 
-from receiver import sign
+from support.postgres import pg_query
+from support.sse import sse_frame
+from support.wait import wait_until, wait_until_async
 
 STREAM_TOKEN = "stream-token-of-the-instances"
 PASSWORD = "pw-that-must-not-show"
@@ -45,24 +42,6 @@ def with_password(url: str) -> str:
     except psycopg.OperationalError:
         pytest.skip("the test server checks passwords: a made-up one cannot connect")
     return with_pw
-
-
-async def async_post(client: httpx.AsyncClient, url: str, body: bytes, secret: str, msg_id: str) -> httpx.Response:
-    """`conftest.signed_post` for an AsyncClient: POST `body` signed with `secret` as `application/json`."""
-    headers = {"content-type": "application/json", **sign(body, secret=secret, msg_id=msg_id)}
-    return await client.post(url, content=body, headers=headers)
-
-
-async def wait_for(check: Callable[[], Any], *, within: float = 20.0, what: str = "the condition") -> Any:
-    """`dispatch_support.wait_until` for a coroutine: poll `check` until it is truthy, fail after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}; last saw {result!r}")
-        await asyncio.sleep(0.02)
 
 
 class StreamTap:
@@ -127,7 +106,8 @@ class StreamTap:
         def named() -> dict[str, Any] | None:
             return next((frame for frame in self.frames if "event" in frame), None)
 
-        found: dict[str, Any] = await wait_for(named, what=f"a first frame from {self.name}")
+        found = await wait_until_async(named, timeout=20.0, what=f"a first frame from {self.name}")
+        assert found is not None  # the wait returns only a truthy value
         return found
 
     async def wait_for_seq(self, seq: int) -> None:
@@ -138,7 +118,7 @@ class StreamTap:
                 raise AssertionError(f"{self.name} ended ({self.ended}) before seq {seq}; frames {self.frames}")
             return seq in self.event_seqs()
 
-        await wait_for(arrived, what=f"seq {seq} from {self.name} (has {self.event_seqs()})")
+        await wait_until_async(arrived, timeout=20.0, what=f"seq {seq} from {self.name} (has {self.event_seqs()})")
 
 
 class StalledWriter:

@@ -1,7 +1,7 @@
 """Helpers for the tunnel tests: a `montra-hooks listen` process, a scriptable local target, store reads.
 
-`montra-hooks serve` processes come from `conftest.ServerProcess`; this module adds the other two
-processes a tunnel has, and small waits that poll for an exact state (never for a duration).
+`montra-hooks serve` processes come from `support.server.ServerProcess`; this module adds the other two
+processes a tunnel has. Their waits poll for an exact state (never for a duration) with `support.wait`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-from conftest import MONTRA_HOOKS, START_TIMEOUT, free_port
+
+from support.net import free_port
+from support.server import MONTRA_HOOKS, START_TIMEOUT
+from support.signing import signed_post
+from support.wait import wait_until
 
 RELAY_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 LOCAL_SECRET = "whsec_dHVubmVsLWxvY2FsLXNlY3JldC1ieXRlcw=="
@@ -25,16 +28,7 @@ TOKEN = "stream-token-for-tests"
 FAST = ("--backoff", "0.05", "--max-backoff", "0.2")
 """Short backoffs, so a test waits for states rather than for sleeps."""
 
-TARGET_SCRIPT = Path(__file__).with_name("tunnel_target.py")
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll `check` until it is true; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+TARGET_SCRIPT = Path(__file__).resolve().parent / "apps" / "tunnel_target.py"
 
 
 def stored(db: Path) -> list[tuple[int, str, str, bytes]]:
@@ -62,8 +56,6 @@ def event_body(event_type: str, n: int) -> bytes:
 
 def send(relay_url: str, event_type: str, n: int, msg_id: str | None = None) -> str:
     """Send one signed event to the relay; return its id."""
-    from conftest import signed_post
-
     event_id = msg_id or f"msg_{event_type.replace('.', '_')}_{n}"
     response = signed_post(relay_url + "/webhooks", event_body(event_type, n), RELAY_SECRET, event_id)
     assert response.status_code == 200, response.text
@@ -103,7 +95,7 @@ class Process:
             return self.output().count(text) >= count
 
         try:
-            wait_until(seen, f"{text!r} x{count} from {self.name}", timeout)
+            wait_until(seen, timeout=timeout, what=f"{text!r} x{count} from {self.name}")
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- {self.name} output ---\n{self.output()}") from None
 
@@ -132,7 +124,7 @@ def listen_process(cwd: Path, relay_url: str, target_url: str, *extra: str, name
 
 
 class Target(Process):
-    """`tests/tunnel_target.py`: a local target that verifies with LOCAL_SECRET and records what it took.
+    """`tests/support/apps/tunnel_target.py`: a local target that verifies with LOCAL_SECRET and records what it took.
 
     It answers 500 while the file `fail` exists in its folder and 400 for ids listed in `reject`;
     accepted events go to `received.jsonl`, one `{"id", "body"}` line each (body as latin-1 text).
@@ -151,15 +143,20 @@ class Target(Process):
 
     def start(self) -> Target:
         super().start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=2.0)
-                return self
-            except httpx.TransportError:
-                if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
-                    raise AssertionError(f"the target did not start:\n{self.output()}") from None
-                time.sleep(0.05)
+        try:
+            wait_until(self._answers, timeout=START_TIMEOUT, what=f"the target to answer on port {self.port}")
+        except AssertionError as e:
+            raise AssertionError(f"the target did not start: {e}\n{self.output()}") from None
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"the target exited with {self.proc.returncode}")
+        try:
+            httpx.get(f"http://127.0.0.1:{self.port}/", timeout=2.0)
+        except httpx.TransportError:
+            return False
+        return True
 
     def received(self) -> list[tuple[str, bytes]]:
         path = self.folder / "received.jsonl"
@@ -203,7 +200,7 @@ class QuickRelay(Process):
 
     def start(self) -> QuickRelay:
         super().start()
-        wait_until(self._healthy, "the relay to answer /healthz", START_TIMEOUT)
+        wait_until(self._healthy, timeout=START_TIMEOUT, what="the relay to answer /healthz")
         return self
 
     def _healthy(self) -> bool:

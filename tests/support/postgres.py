@@ -1,6 +1,6 @@
 """PostgreSQL for the tests: the server's URL, a fresh schema per test, a store URL for both backends.
 
-Registered from conftest.py (`pytest_plugins`), so the fixtures are there in every test:
+Registered from conftest.py (`pytest_plugins = ["support.postgres"]`), so the fixtures are there in every test:
 
     def test_events_are_stored(store_url):      # runs twice: [sqlite] and [postgres]
         ...
@@ -11,6 +11,7 @@ Registered from conftest.py (`pytest_plugins`), so the fixtures are there in eve
 The server: env MONTRA_TEST_POSTGRES_URL (`.ci/run` sets it after starting Debian's cluster), else a local server
 on the default Unix socket (`postgresql:///montra_test`, then `postgresql:///postgres`). Without one, the
 PostgreSQL tests are skipped, unless MONTRA_TEST_POSTGRES_URL is set: then they fail, since CI promised a server.
+A skip's line is short; why no server answered and how to get one is said once, at the end of the run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ import pytest
 from psycopg import sql as pgsql
 
 from receiver.stores.open import redact_url
+from support.skips import explained_skip
+
+# The plugin that prints, once, why PostgreSQL tests were skipped: loaded with this one, wherever it is loaded.
+pytest_plugins = ["support.skips"]
 
 ENV = "MONTRA_TEST_POSTGRES_URL"
 """The server CI provides; when it is set, a server that does not answer fails the tests instead of skipping them."""
@@ -73,6 +78,14 @@ def _probe(env_url: str | None) -> tuple[str | None, str]:
     return None, "; ".join(failures)
 
 
+def _why_skipped() -> str:
+    return f"No PostgreSQL server answered ({_probe(None)[1]}). To run these tests: {HOW_TO_GET_ONE}."
+
+
+SKIP_REASON = explained_skip("no PostgreSQL server", _why_skipped)
+"""The reason on each skipped test's line; the note, printed once, says which URLs were tried and what they said."""
+
+
 def postgres_base_url() -> str | None:
     """The test server's URL: MONTRA_TEST_POSTGRES_URL, else the first local URL that connects; None if none does.
 
@@ -105,6 +118,26 @@ def pg_query(url: str, sql: str, params: Sequence[Any] | Mapping[str, Any] = ())
         return cursor.fetchall() if cursor.description is not None else []
 
 
+def require_postgres() -> str:
+    """The test server's URL; skips the calling test without one, or fails it if MONTRA_TEST_POSTGRES_URL is set."""
+    env_url = os.environ.get(ENV) or None
+    base, why = _probe(env_url)
+    if base is None:
+        if env_url:
+            pytest.fail(f"{ENV} is set but the server does not answer: {why}", pytrace=False)
+        pytest.skip(SKIP_REASON)
+    return base
+
+
+@pytest.fixture
+def postgres_server() -> str:
+    """The test server's URL as it is (no schema of its own), for code that makes its own; skips or fails as above.
+
+    A fixture rather than a call in the test, so a skip's line names the test, not this module.
+    """
+    return require_postgres()
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A URL to the test database whose connections use a fresh, empty schema (`t_<hex>`), dropped at teardown.
@@ -112,12 +145,7 @@ def postgres_url() -> Iterator[str]:
     Skips the test without a server; fails it if MONTRA_TEST_POSTGRES_URL is set but does not connect.
     Teardown terminates nothing: the code under test closes its own connections.
     """
-    env_url = os.environ.get(ENV) or None
-    base, why = _probe(env_url)
-    if base is None:
-        if env_url:
-            pytest.fail(f"{ENV} is set but the server does not answer: {why}", pytrace=False)
-        pytest.skip(f"no PostgreSQL server ({why}): {HOW_TO_GET_ONE}")
+    base = require_postgres()
     schema = f"t_{secrets.token_hex(8)}"
     with psycopg.connect(base, connect_timeout=CONNECT_TIMEOUT, autocommit=True) as conn:
         conn.execute(pgsql.SQL("CREATE SCHEMA {}").format(pgsql.Identifier(schema)))

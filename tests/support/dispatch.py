@@ -1,6 +1,7 @@
 """Helpers shared by the dispatch tests: event bodies, reading `handler_runs`, and waiting for runs to settle.
 
 Servers are started with tests/conftest.py's `serve` fixture; this only adds what dispatch tests need.
+Waits use `support.wait.wait_until` (imported by the tests from there).
 """
 
 from __future__ import annotations
@@ -8,23 +9,20 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from receiver.stores.open import is_postgres_url
 from receiver.stores.protocol import iso
+from support.wait import wait_until
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-RECORDING_APP = Path(__file__).resolve().parent / "dispatch_apps" / "recording.py"
+RECORDING_APP = Path(__file__).resolve().parent / "apps" / "recording.py"
 FINAL = frozenset({"succeeded", "dead"})
-
-T = TypeVar("T")
 
 
 def envelope(event_type: str, **data: Any) -> bytes:
@@ -69,18 +67,6 @@ def event_status(db: Path | str, event_id: str) -> str:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         status: str = conn.execute("SELECT status FROM events WHERE id = ?", (event_id,)).fetchone()[0]
     return status
-
-
-def wait_until(check: Callable[[], T], *, timeout: float = 30.0, what: str = "the condition") -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last saw {result!r}")
-        time.sleep(0.02)
 
 
 def settled(db: Path | str, expected: int, statuses: frozenset[str] = FINAL) -> dict[tuple[str, str], dict[str, Any]]:
