@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 
-import sqlite_utils
-
 from ...errors import ConfigurationError
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
@@ -86,8 +84,7 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the database up to SCHEMA_VERSION, one transaction per step; refuse a newer one."""
-    db = sqlite_utils.Database(conn)
-    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise ConfigurationError(
             f"The database has schema version {version}, newer than this montra-webhooks "
