@@ -41,6 +41,7 @@ from support.server import ServerProcess
 from support.signing import async_post, signed_post
 from support.wait import wait_until
 
+from receiver.stores.open import open_store
 from replay.cli import cli
 
 Serve = Callable[..., ServerProcess]
@@ -370,6 +371,7 @@ def test_the_database_password_stays_out_of_serve_output(postgres_url: str, serv
 
 def test_the_database_password_stays_out_of_cli_errors(postgres_url: str) -> None:
     url = with_password(postgres_url)
+    asyncio.run(open_store(postgres_url).close())  # a store to look in: reading commands never create one
     missing = invoke("events", "show", "msg_nope", "--db", url)
     assert missing.exit_code == 2
     assert PASSWORD not in missing.output
