@@ -304,9 +304,12 @@ class SQLiteStore:
 
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
         names = ", ".join("?" * len(handlers))
+        # INDEXED BY: to skip sorting for the GROUP BY, the planner would read the whole (handler, status)
+        # index, every finished run included; the unfinished runs are few.
         sql = (
-            "SELECT handler, count(*) FROM handler_runs WHERE status IN ('pending', 'running', 'failed') "
-            f"AND handler NOT IN ({names}) GROUP BY handler ORDER BY handler"
+            "SELECT handler, count(*) FROM handler_runs INDEXED BY handler_runs_due "
+            f"WHERE status IN ('pending', 'running', 'failed') AND handler NOT IN ({names}) "
+            "GROUP BY handler ORDER BY handler"
         )
         return await self._read(lambda conn: dict(conn.execute(sql, tuple(handlers)).fetchall()))
 
