@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any, Literal
 
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from .dispatch import Dispatcher, DispatchSettings
 from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, VerificationError
 from .event import parse_envelope
 from .hooks import Hooks
+from .retention import Retention
 from .stores.open import DEFAULT_DB, open_store
 from .stores.protocol import Incoming, Store
 from .stream import DEFAULT_KEEPALIVE, EventStream
@@ -69,6 +71,7 @@ def create_app(
     inspect_token: str | None = None,
     stream_token: str | None = None,
     stream_keepalive: float = DEFAULT_KEEPALIVE,
+    retain: float | timedelta | None = None,
 ) -> MontraApp:
     """Build the receiver app, standalone or to mount in a Starlette or FastAPI app.
 
@@ -79,6 +82,7 @@ def create_app(
     Mounted, pass `app.lifespan` to the parent (`FastAPI(lifespan=app.lifespan)`).
     `stream_token` (default env `MONTRA_HOOKS_STREAM_TOKEN`) turns on `GET /stream`, the tunnel's source.
     `inspect=True` (or an `inspect_token`, default env `MONTRA_HOOKS_INSPECT_TOKEN`) turns on the `/inspect` pages.
+    `retain` (seconds or a timedelta: `timedelta(days=30)`) prunes older events in the background, in small batches.
     """
     if secrets is None:
         secrets = secrets_from_env()
@@ -94,6 +98,9 @@ def create_app(
         inspect_token = os.environ.get("MONTRA_HOOKS_INSPECT_TOKEN") or None
     if stream_token is None:
         stream_token = os.environ.get("MONTRA_HOOKS_STREAM_TOKEN") or None
+    keep = retain.total_seconds() if isinstance(retain, timedelta) else retain
+    if keep is not None and keep <= 0:
+        raise ConfigurationError(f"retain must be a positive duration, got {retain!r}.")
     settings = DispatchSettings(max_attempts=max_attempts, backoff=backoff, concurrency=concurrency, lease=lease)
     return MontraApp(
         hooks or Hooks(),
@@ -107,6 +114,7 @@ def create_app(
         settings=settings,
         stream_token=stream_token,
         stream_keepalive=stream_keepalive,
+        retain=keep,
     )
 
 
@@ -127,6 +135,7 @@ class MontraApp:
         inspect_token: str | None = None,
         stream_token: str | None = None,
         stream_keepalive: float = DEFAULT_KEEPALIVE,
+        retain: float | None = None,
     ) -> None:
         self.hooks = hooks
         self.verifier = verifier
@@ -137,6 +146,8 @@ class MontraApp:
         self._db = db
         self._store: Store | None = None
         self._dispatcher: Dispatcher | None = None
+        self.retain = retain
+        self._retention: Retention | None = None
         self.stream = EventStream(lambda: self.store, token=stream_token, keepalive=stream_keepalive)
         self.router = Starlette(
             routes=[
@@ -175,11 +186,17 @@ class MontraApp:
         if self.stream.enabled:
             store.watch(self.stream.notify)  # events other instances store reach this one's streams at once
         await self._dispatcher.start(background=not self.inline)
+        if self.retain is not None:
+            self._retention = Retention(store, keep=self.retain)
+            self._retention.start()
 
     async def _stop(self) -> None:
         if self._store is None:
             return
         self.stream.close()  # before the store closes under the open streams
+        if self._retention is not None:
+            await self._retention.stop()
+            self._retention = None
         assert self._dispatcher is not None
         await self._dispatcher.stop()
         if isinstance(self._db, str | os.PathLike):

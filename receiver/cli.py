@@ -131,6 +131,7 @@ def open_existing_store(db: str) -> Store:
     help="Turn on GET /stream for `montra-hooks listen`, behind this bearer token (env MONTRA_HOOKS_STREAM_TOKEN).",
 )
 @click.option("--inspect", is_flag=True, help="Turn on the /inspect pages (this machine only, unless a token is set).")
+@click.option("--retain", metavar="DURATION", help="Prune events older than this in the background, e.g. 30d.")
 @click.option(
     "--inspect-token",
     envvar="MONTRA_HOOKS_INSPECT_TOKEN",
@@ -154,6 +155,7 @@ def serve(
     inspect: bool,
     inspect_token: str | None,
     access_log: bool,
+    retain: str | None,
 ) -> None:
     """Run the receiver.
 
@@ -200,6 +202,7 @@ def serve(
             inspect_token=inspect_token,
             lease=lease,
             stream_token=stream_token or None,
+            retain=parse_duration(retain) if retain else None,
         )
     except ConfigurationError as e:
         raise click.UsageError(str(e)) from e
@@ -333,7 +336,8 @@ def retry(db: str, ids: Sequence[str], handler: str | None, statuses: Sequence[s
 @cli.command()
 @db_option
 @click.option("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h.")
-def prune(db: str, older_than: str) -> None:
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+def prune(db: str, older_than: str, dry_run: bool) -> None:
     """Delete events (with their runs) and rejections received longer ago than DURATION.
 
     \b
@@ -341,6 +345,10 @@ def prune(db: str, older_than: str) -> None:
       montra-hooks prune --older-than 30d
     """
     before = time.time() - parse_duration(older_than)
+    if dry_run:
+        counts = _run(open_existing_store(db), lambda store: store.count_prunable(before=before))
+        click.echo(", ".join(f"{n} {table}" for table, n in counts.items()) + " would be deleted (dry run).")
+        return
     counts = _run(open_existing_store(db), lambda store: store.prune(before=before))
     click.echo(", ".join(f"{n} {table}" for table, n in counts.items()) + " deleted.")
 
