@@ -9,6 +9,8 @@ falls on both alike. Measured, medians over rounds:
 - new-event ingest on both (target: full / empty >= 0.9);
 - a duplicate storm on the full store, every request re-sending a stored id (target: >= 0.7 of
   new-event ingest on the empty store), and a mix with 30% duplicates;
+- p99 acknowledgement latency of new events while `serve --retain 30d` prunes the older half of a
+  copy of the full store, against the same without `--retain`;
 - then, in this process, on both stores: claim throughput (2,000 runs claimed 50 at a time and
   finished), stream catch-up of the newest 100,000 events (pages of 500), and the latency of each
   `events list` filter and `events show` (the CLI, a process each, so start-up included) and of each
@@ -190,6 +192,34 @@ async def _catch_up(db: Path, count: int) -> tuple[int, float]:
         await store.close()
 
 
+def prune_latency(cached: Path, wrk: str | None, seconds: int) -> dict[str, float]:
+    """p99 ack latency of new events while `serve --retain 30d` prunes half of a copy of `cached`, and without."""
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="montra-prune-") as tmp:
+        workdir = Path(tmp)
+        for key, extra in (("quiet", []), ("pruning", ["--retain", "30d"])):
+            db = workdir / f"{key}.db"
+            shutil.copyfile(cached, db)
+            command = ["serve", "--secret", SECRET, "--port", "{port}", "--db", str(db), *extra]
+            server = _Server(key, [str(Path(sys.executable).with_name("montra-hooks")), *command], workdir, db)
+            try:
+                result = _Loads(wrk, workdir, seconds).run(server, 0.0, 0)
+            finally:
+                server.stop()
+            with sqlite3.connect(db) as conn:
+                left = conn.execute("SELECT count(*) FROM events WHERE received_at < ?", (_days_ago(30),)).fetchone()
+            figures[f"prune_{key}_rps"] = result["rps"]
+            figures[f"prune_{key}_p99_ms"] = result["p99_ms"]
+            figures[f"prune_{key}_old_left"] = left[0]
+    return figures
+
+
+def _days_ago(days: float) -> str:
+    from receiver.stores.protocol import iso
+
+    return iso(time.time() - days * 86400)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="bench/scale.py", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -197,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="100,000 events, 1 round of 3 s")
     parser.add_argument("--load", choices=["wrk", "python"], default="wrk")
+    parser.add_argument("--skip-prune", action="store_true", help="skip the ack latency during a prune")
     args = parser.parse_args(argv or [])
     if args.quick:
         args.events, args.rounds, args.seconds = 100_000, 1, 3
@@ -250,6 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             figures[f"catch_up_{key}_per_s"] = asyncio.run(_catch_up(db, 100_000))[1]
             figures[f"claims_{key}_per_s"] = asyncio.run(_claims(db, 2_000))
 
+    if not args.skip_prune:
+        figures.update(prune_latency(cached, wrk, args.seconds))
     figures["ratio_new_full_over_empty"] = figures["new_full_rps"] / figures["new_empty_rps"]
     figures["ratio_dup_full_over_new_empty"] = figures["dup_full_rps"] / figures["new_empty_rps"]
     figures["ratio_mixed_full_over_new_empty"] = figures["mixed_full_rps"] / figures["new_empty_rps"]
@@ -271,6 +304,10 @@ def _print(figures: dict[str, float]) -> None:
     names = sorted({key.rsplit("_", 2)[0] for key in figures if key.endswith(("_empty_ms", "_full_ms"))})
     for name in names:
         print(f"  {name + ' (ms)':<28} {figures[name + '_empty_ms']:>9.1f} {figures[name + '_full_ms']:>9.1f}")
+    if "prune_quiet_p99_ms" in figures:
+        for key in ("quiet", "pruning"):
+            rps, p99, left = (figures[f"prune_{key}_{n}"] for n in ("rps", "p99_ms", "old_left"))
+            print(f"  ingest {key:<8} {rps:>9,.0f} req/s, p99 {p99:.1f} ms; events older than 30d left: {left:,.0f}")
     for name in ("claims", "catch_up"):
         empty, full = figures[f"{name}_empty_per_s"], figures[f"{name}_full_per_s"]
         print(f"  {name + ' (per s)':<28} {empty:>9,.0f} {full:>9,.0f}")
