@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -29,6 +30,9 @@ log = logging.getLogger("montra.store")
 # With several processes on one file (gunicorn workers) another may hold the write lock;
 # the loop must not sleep in SQLite's busy handler, so a busy BEGIN is retried in the thread.
 BUSY_TIMEOUT_MS = 10_000
+BUSY_POLL_MIN = 0.0001
+BUSY_POLL_MAX = 0.002
+"""Seconds between tries of a busy BEGIN (doubling from the first to the second)."""
 
 
 class GroupCommit:
@@ -107,11 +111,21 @@ class GroupCommit:
                 future.set_result(result)
 
     def _begin_waiting(self) -> None:
-        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        finally:
-            self._conn.execute("PRAGMA busy_timeout = 0")
+        # Polled here rather than by SQLite's busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25... ms
+        # between tries: with two workers on one file each hand-off of the lock cost the waiter
+        # milliseconds after the other had committed. Short sleeps, growing to BUSY_POLL_MAX.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = BUSY_POLL_MIN
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                busy = "locked" in str(e) or "busy" in str(e)
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, BUSY_POLL_MAX)
 
     def _rollback(self) -> None:
         try:
