@@ -217,7 +217,10 @@ class SQLiteStore:
     async def requeue(
         self, *, ids: Sequence[str] = (), handler: str | None = None, status: Sequence[str] = ("failed", "dead")
     ) -> int:
-        where = [f"status IN ({', '.join('?' * len(status))})"]
+        # With ids, `+status` keeps the planner on the primary key (those events' runs), off the status
+        # index (every failed and dead run in the store).
+        column = "+status" if ids else "status"
+        where = [f"{column} IN ({', '.join('?' * len(status))})"]
         params: list[Any] = [iso(time.time()), *status]
         if ids:
             where.append(f"event_id IN ({', '.join('?' * len(ids))})")
