@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--quick", action="store_true", help="100,000 events, 1 round of 3 s")
     parser.add_argument("--load", choices=["wrk", "python"], default="wrk")
     parser.add_argument("--skip-prune", action="store_true", help="skip the ack latency during a prune")
+    parser.add_argument("--ingest-only", action="store_true", help="only the ingest rounds")
     args = parser.parse_args(argv or [])
     if args.quick:
         args.events, args.rounds, args.seconds = 100_000, 1, 3
@@ -263,6 +264,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 figures[f"{key}_p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
                 if errors := sum(r["errors"] for r in runs):
                     print(f"  WARNING {key}: {errors:.0f} errors")
+            if args.ingest_only:
+                _print_ingest(figures)
+                return figures
             base = {key: server.url[: -len("/webhooks")] for key, server in servers.items()}
             some_id = {"empty": "msg_s1_000000001", "full": _bigstore.event_id(args.events // 2)}
             for name, path in {**PAGES, "event": "/inspect/events/{id}"}.items():
@@ -289,6 +293,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     figures["ratio_claims_full_over_empty"] = figures["claims_full_per_s"] / figures["claims_empty_per_s"]
     _print(figures)
     return figures
+
+
+def _print_ingest(figures: dict[str, float]) -> None:
+    print("  ingest, median req/s (p99 ms):")
+    for key in ("new_empty", "new_full", "dup_full", "mixed_full"):
+        print(f"    {key:<12} {figures[key + '_rps']:>9,.0f}  ({figures[key + '_p99_ms']:.1f} ms)")
+    for key in ("new_full", "dup_full", "mixed_full"):
+        print(f"  {key} / new_empty = {figures[key + '_rps'] / figures['new_empty_rps']:.2f}")
 
 
 def _print(figures: dict[str, float]) -> None:
