@@ -20,15 +20,17 @@ __all__ = ["PRUNE_BATCH", "Retention"]
 
 log = logging.getLogger("montra.retention")
 
-PRUNE_BATCH = 500
-"""Events one background prune transaction deletes at most."""
+PRUNE_BATCH = 50
+"""Events one background prune transaction deletes at most. Measured on a million-event SQLite store
+(2 loaded cores): acknowledgements' median went from 3.9-4.2 ms to 3.8-5.2 ms during a pass; with
+500 a transaction it doubled."""
 
 
 class Retention:
     """Deletes events received more than `keep` seconds ago, every `interval` seconds, in batches."""
 
     def __init__(
-        self, store: Store, *, keep: float, batch: int = PRUNE_BATCH, pause: float = 0.05, interval: float = 60.0
+        self, store: Store, *, keep: float, batch: int = PRUNE_BATCH, pause: float = 0.02, interval: float = 60.0
     ) -> None:
         self.store = store
         self.keep = keep
