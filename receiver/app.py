@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.applications import Starlette
@@ -26,6 +27,7 @@ from .dispatch import Dispatcher, DispatchSettings
 from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, VerificationError
 from .event import parse_envelope
 from .hooks import Hooks
+from .retention import Retention
 from .stores.open import DEFAULT_DB, open_store
 from .stores.protocol import Incoming, Store
 from .stream import DEFAULT_KEEPALIVE, EventStream
@@ -72,6 +74,7 @@ def create_app(
     stream_token: str | None = None,
     stream_keepalive: float = DEFAULT_KEEPALIVE,
     min_free_bytes: int | None = None,
+    retain: float | timedelta | None = None,
 ) -> MontraApp:
     """Build the receiver app, standalone or to mount in a Starlette or FastAPI app.
 
@@ -87,6 +90,7 @@ def create_app(
     (loopback `Host` and client); `app.inspector.login_path` is the link that logs a browser in.
     `/healthz` answers 503 when the store's disk has less than `min_free_bytes` free (default: 64 MiB or
     4 x `max_body`, whichever is more).
+    `retain` (seconds or a timedelta: `timedelta(days=30)`) prunes older events in the background, in small batches.
     """
     if secrets is None:
         secrets = secrets_from_env()
@@ -102,6 +106,9 @@ def create_app(
         inspect_token = os.environ.get("MONTRA_HOOKS_INSPECT_TOKEN") or None
     if stream_token is None:
         stream_token = os.environ.get("MONTRA_HOOKS_STREAM_TOKEN") or None
+    keep = retain.total_seconds() if isinstance(retain, timedelta) else retain
+    if keep is not None and keep <= 0:
+        raise ConfigurationError(f"retain must be a positive duration, got {retain!r}.")
     settings = DispatchSettings(max_attempts=max_attempts, backoff=backoff, concurrency=concurrency, lease=lease)
     return MontraApp(
         hooks or Hooks(),
@@ -116,6 +123,7 @@ def create_app(
         stream_token=stream_token,
         stream_keepalive=stream_keepalive,
         min_free_bytes=min_free_bytes if min_free_bytes is not None else max(MIN_FREE_BYTES, 4 * max_body),
+        retain=keep,
     )
 
 
@@ -137,6 +145,7 @@ class MontraApp:
         stream_token: str | None = None,
         stream_keepalive: float = DEFAULT_KEEPALIVE,
         min_free_bytes: int = 0,
+        retain: float | None = None,
     ) -> None:
         self.hooks = hooks
         self.min_free_bytes = min_free_bytes
@@ -149,6 +158,8 @@ class MontraApp:
         self._inspect = inspect
         self._store: Store | None = None
         self._dispatcher: Dispatcher | None = None
+        self.retain = retain
+        self._retention: Retention | None = None
         self.stream = EventStream(lambda: self.store, token=stream_token, keepalive=stream_keepalive)
         self.inspector: Inspector | None = None
         """The `/inspect` pages when on: `inspector.login_path` is the link that logs a browser in."""
@@ -190,11 +201,17 @@ class MontraApp:
         if self.stream.enabled:
             store.watch(self.stream.notify)  # events other instances store reach this one's streams at once
         await self._dispatcher.start(background=not self.inline)
+        if self.retain is not None:
+            self._retention = Retention(store, keep=self.retain)
+            self._retention.start()
 
     async def _stop(self) -> None:
         if self._store is None:
             return
         self.stream.close()  # before the store closes under the open streams
+        if self._retention is not None:
+            await self._retention.stop()
+            self._retention = None
         assert self._dispatcher is not None
         await self._dispatcher.stop()
         if isinstance(self._db, str | os.PathLike):

@@ -198,6 +198,14 @@ def test_prune(db: Path) -> None:
     assert query(db, "SELECT count(*) FROM handler_runs") == [(1,)]
 
 
+def test_prune_dry_run_counts_and_deletes_nothing(db: Path) -> None:
+    before = query(db, "SELECT count(*) FROM events")
+    dry = ok("prune", "--older-than", "11h", "--dry-run", "--db", str(db))
+    assert dry == "3 events, 2 handler_runs, 0 rejections would be deleted (dry run).\n"
+    assert query(db, "SELECT count(*) FROM events") == before
+    assert ok("prune", "--older-than", "11h", "--db", str(db)) == "3 events, 2 handler_runs, 0 rejections deleted.\n"
+
+
 @pytest.mark.parametrize("duration", ["30", "d30", "30 days", "-1d", "1y", ""])
 def test_prune_bad_duration(db: Path, duration: str) -> None:
     assert_usage_error(invoke("prune", "--older-than", duration, "--db", str(db)), "is not a duration")

@@ -920,3 +920,42 @@ def test_free_space_is_the_sqlite_disks_and_unknown_for_postgres(store_url: str)
         disk = os.statvfs(Path(store_url).parent)
         assert isinstance(free, int) and free > 0
         assert abs(free - disk.f_bavail * disk.f_frsize) < 64 * 1024 * 1024  # the same disk, give or take writes
+
+
+TYPED = [
+    ("e1", "sub.created"),
+    ("e2", "invoice.paid"),
+    ("e3", "sub.plan_changed"),
+    ("e4", "sub.x.y"),
+    ("e5", "sub"),
+    ("e6", "subx.created"),
+    ("e7", "sub.created"),
+    ("e8", "sub/other"),
+    ("e9", "sub.plan%changed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        (EventFilter(types=["sub.*"]), ["e1", "e3", "e4", "e7", "e9"]),
+        (EventFilter(types=["sub.*"], newest_first=True, limit=3), ["e9", "e7", "e4"]),
+        (EventFilter(types=["sub.*"], after_seq=3, limit=2), ["e4", "e7"]),
+        (EventFilter(types=["sub.*", "invoice.paid"], newest_first=True, limit=4), ["e9", "e7", "e4", "e3"]),
+        (EventFilter(types=["sub.created", "invoice.paid"], newest_first=True, limit=2), ["e7", "e2"]),
+        (EventFilter(types=["sub.x.*", "subx.*"], status=["unhandled"], limit=5), ["e4", "e6"]),
+        (EventFilter(types=["nope.*"], newest_first=True, limit=5), []),
+        (EventFilter(types=["sub.plan%changed"]), ["e9"]),
+    ],
+)
+def test_type_filters_by_range_and_merge_keep_seq_order(
+    store_url: str, selection: EventFilter, expected: list[str]
+) -> None:
+    """Prefixes are index ranges (`_` and `%` are plain characters), several types merge in seq order."""
+
+    async def work(store: Store) -> list[str]:
+        for event_id, event_type in TYPED:
+            await store.ingest(incoming(event_id, at=now(), type=event_type))
+        return [event.id for event in await store.list_events(selection)]
+
+    assert run(store_url, work) == expected

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from ..event import EventStatus, RunStatus
 
 __all__ = [
+    "MAX_MERGED_TYPES",
     "MAX_REJECTIONS",
     "PROCESS_DIED",
     "REDACTED",
@@ -29,6 +30,7 @@ __all__ = [
     "Run",
     "Store",
     "StoredEvent",
+    "distinct_types_sql",
     "is_takeover",
     "iso",
     "iter_pages",
@@ -36,6 +38,8 @@ __all__ = [
     "redact",
     "select_events_sql",
     "type_clause",
+    "type_ranges",
+    "with_exact_types",
 ]
 
 MAX_REJECTIONS = 1000
@@ -234,7 +238,17 @@ class Store(Protocol):
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]: ...
     async def next_due(self, handlers: Sequence[str]) -> datetime | None: ...
 
-    async def prune(self, *, before: float) -> dict[str, int]: ...
+    async def prune(self, *, before: float, limit: int | None = None) -> dict[str, int]:
+        """Delete events received before `before` (the oldest first; at most `limit`) and their runs; counts."""
+        ...
+
+    async def count_prunable(self, *, before: float) -> dict[str, int]:
+        """What `prune(before=...)` would delete, by table."""
+        ...
+
+    async def optimize(self) -> None:
+        """Refresh the query planner's statistics: after a large prune, or when the store has grown."""
+        ...
 
 
 def select_events_sql(
@@ -242,7 +256,10 @@ def select_events_sql(
 ) -> tuple[str, list[Any]]:
     """The query both backends run for `selection`, with `mark` as the parameter placeholder.
 
-    `time` turns a filter's datetime into the backend's column value.
+    `time` turns a filter's datetime into the backend's column value. Several exact types with a
+    limit (what `distinct_types_sql` turns a prefix into) are read as one index walk per type, each
+    stopping at the limit, then merged: one walk over all of them in seq order would sort every
+    matching row of the store to keep the first few.
     """
     where: list[str] = []
     params: list[Any] = []
@@ -253,10 +270,6 @@ def select_events_sql(
 
     if selection.ids:
         where.append(f"id IN ({marks(selection.ids)})")
-    if selection.types:
-        clause, type_params = type_clause(selection.types, mark=mark)
-        where.append(clause)
-        params.extend(type_params)
     if selection.status:
         where.append(f"status IN ({marks(selection.status)})")
     for column, op, value in (
@@ -267,13 +280,62 @@ def select_events_sql(
     ):
         if value is not None:
             where.append(f"{column} {op} {marks([value])}")
+    order = " ORDER BY seq DESC" if selection.newest_first else " ORDER BY seq"
+    types = list(selection.types)
+    exact = types and all(t != "*" and not t.endswith(".*") for t in types)
+    if exact and selection.limit is not None and not selection.ids and 1 < len(types) <= MAX_MERGED_TYPES:
+        rest, rest_params = "".join(f" AND {clause}" for clause in where), params
+        params = []
+        arms = []
+        for n, name in enumerate(types):
+            params.extend([name, *rest_params, selection.limit])
+            arms.append(
+                f"SELECT seq FROM (SELECT seq FROM events WHERE type = {mark}{rest}{order} LIMIT {mark}) AS arm{n}"
+            )
+        sql = f"SELECT {columns} FROM events WHERE seq IN ({' UNION ALL '.join(arms)}){order} LIMIT {mark}"
+        return sql, [*params, selection.limit]
+    if types:
+        clause, type_params = type_clause(types, mark=mark)
+        where.insert(0, clause)
+        params[:0] = type_params
     sql = f"SELECT {columns} FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq DESC" if selection.newest_first else " ORDER BY seq"
+    sql += order
     if selection.limit is not None:
         sql += f" LIMIT {marks([selection.limit])}"
     return sql, params
+
+
+MAX_MERGED_TYPES = 64
+"""Past this many types a listing is one index range and a sort: a statement of more arms costs more to plan."""
+
+
+def type_ranges(patterns: Sequence[str]) -> list[tuple[str, str]]:
+    """The `[low, high)` range of types each `prefix.*` pattern covers."""
+    return [(p[:-1], p[:-2] + "/") for p in patterns if p.endswith(".*") and p != "*"]
+
+
+def distinct_types_sql(mark: str) -> str:
+    """The distinct stored types in one `[low, high)` range: one index seek per type, not a read of every row.
+
+    Parameters: low, high, high. The recursion steps from one type to the next one above it.
+    """
+    return (
+        "WITH RECURSIVE t (type) AS ("
+        f"SELECT min(type) FROM events WHERE type >= {mark} AND type < {mark} "
+        f"UNION ALL SELECT (SELECT min(type) FROM events WHERE type > t.type AND type < {mark}) "
+        "FROM t WHERE t.type IS NOT NULL"
+        ") SELECT type FROM t WHERE type IS NOT NULL"
+    )
+
+
+def with_exact_types(selection: EventFilter, stored: Sequence[str]) -> EventFilter:
+    """`selection` with each `prefix.*` replaced by the `stored` types it covers (`*` is left alone)."""
+    if "*" in selection.types:
+        return selection
+    exact = [t for t in selection.types if not t.endswith(".*")]
+    return dataclasses.replace(selection, types=list(dict.fromkeys([*exact, *stored])))
 
 
 def type_clause(patterns: Sequence[str], *, mark: str = "?") -> tuple[str, list[Any]]:
@@ -284,10 +346,13 @@ def type_clause(patterns: Sequence[str], *, mark: str = "?") -> tuple[str, list[
     params: list[Any] = []
     for pattern in patterns:
         if pattern.endswith(".*"):
-            # substr, not LIKE: a type may hold `_` or `%`, which LIKE would treat as wildcards.
+            # A range over the (type, seq) index, not substr() or LIKE: those scan every row, and LIKE
+            # would read `_` and `%` in a type as wildcards. Every type that starts with `prefix.` sorts
+            # at or after it and before `prefix/` ('/' follows '.'), in code point order: SQLite's BINARY
+            # collation, and PostgreSQL's "C", which the column uses there.
             prefix = pattern[:-1]
-            parts.append(f"substr(type, 1, {mark}) = {mark}")
-            params.extend([len(prefix), prefix])
+            parts.append(f"(type >= {mark} AND type < {mark})")
+            params.extend([prefix, prefix[:-1] + "/"])
         else:
             parts.append(f"type = {mark}")
             params.append(pattern)

@@ -17,7 +17,7 @@ from receiver.hooks import Hooks
 from receiver.loopback import is_loopback
 from receiver.stores.open import DEFAULT_DB, prepare_store, redact_url
 
-from .options import DEFAULT_TO, db_option, load_hooks
+from .options import DEFAULT_TO, DURATION, db_option, load_hooks
 
 __all__ = ["PortInUse", "check_port", "serve"]
 
@@ -60,6 +60,9 @@ __all__ = ["PortInUse", "check_port", "serve"]
     help="Turn on /inspect for whoever logs in with this token, 16 characters or more "
     "(env MONTRA_HOOKS_INSPECT_TOKEN).",
 )
+@click.option(
+    "--retain", type=DURATION, metavar="DURATION", help="Prune events older than this in the background, e.g. 30d."
+)
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
 def serve(
     app_spec: str | None,
@@ -76,6 +79,7 @@ def serve(
     stream_token: str | None,
     inspect: bool,
     inspect_token: str | None,
+    retain: float | None,
     access_log: bool,
 ) -> None:
     """Run the receiver.
@@ -129,6 +133,7 @@ def serve(
             inspect_token=inspect_token,
             lease=lease,
             stream_token=stream_token or None,
+            retain=retain,
         )
     except ConfigurationError as e:
         raise click.UsageError(str(e)) from e

@@ -142,6 +142,12 @@ _MIGRATIONS: list[str] = [
     CREATE TRIGGER handler_runs_deleted AFTER DELETE ON handler_runs
         REFERENCING OLD TABLE AS old_runs FOR EACH STATEMENT EXECUTE FUNCTION montra_runs_changed();
     """,
+    # 2: types compare in code point order ("C"), as in SQLite, so that a prefix filter (`subscription.*`)
+    # is a range of the (type, seq) index; under a language's collation `.` and `/` may not sort as bytes.
+    # The dead runs of a redelivered event are found by the primary key, not by status.
+    """
+    ALTER TABLE events ALTER COLUMN type TYPE text COLLATE "C";
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -71,9 +71,11 @@ RETURNING {returning}
 
 # One statement, so the counts and the rows deleted agree (a run's cascade would go uncounted). Only
 # rows below the stream horizon: a batch still in flight is not the past, whatever its received_at.
+# The oldest `limit` at a time, through the received_at index; rows another instance is pruning are skipped.
 PRUNE = """
 WITH old AS (
-    SELECT id, seq FROM events WHERE received_at < %(cutoff)s AND seq <= %(horizon)s FOR UPDATE
+    SELECT id, seq FROM events WHERE received_at < %(cutoff)s AND seq <= %(horizon)s
+    ORDER BY received_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), runs AS (
     DELETE FROM handler_runs WHERE event_id IN (SELECT id FROM old) RETURNING 1
 ), gone AS (

@@ -1,0 +1,286 @@
+"""Every statement a store issues is bounded by an index: none reads all of `events` or `handler_runs`.
+
+A store of BIG events (each with a run, most succeeded, some dead, failed or pending) is built through
+the public schema with executemany, its statistics refreshed; then the store API is exercised on the
+ingest, claim, finish, stream and read paths (and prune), every statement it sends is collected (SQLite:
+the connections' trace callbacks; PostgreSQL: a store whose connections record what they execute), and
+each distinct statement is explained. A full scan of a big table fails the test, naming the statement.
+
+Allowed, and why:
+- `rejections` and `sqlite_sequence` are bounded (MAX_REJECTIONS rows; one row a table).
+- A listing with no filter but seq, newest (or oldest) first with a limit, walks the table in seq order
+  and stops after `limit` rows: the plan says SCAN but reads `limit` rows (`SEQ_WALK`).
+- A listing by received time alone (`since`/`until`, no type or status) is the same walk, filtered: it
+  stops at the limit, and reads far only when the window holds fewer than `limit` events (`SEQ_WALK`).
+
+On PostgreSQL the check runs with `enable_seqscan = off`: on tables this small the planner may rightly
+prefer a sequential scan, and what is asserted is that an index can bound the statement, not the
+planner's choice at 30k rows. A full index scan with no condition counts as a scan too, except the
+seq-order walk of `events_pkey` right under a Limit: PostgreSQL picks it, from its statistics of
+`type` and `status`, for a listing whose filter matches many rows, and it stops at the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from receiver.stores.postgres.store import PostgresStore, _Connection
+from receiver.stores.protocol import EventFilter, Incoming, Store, iso
+from receiver.stores.sqlite.store import SQLiteStore
+
+BIG = 30_000
+HANDLERS = ["plans.audit", "plans.mail"]
+TYPES = ["customer.created", "invoice.paid", "refund.created", "subscription.upgraded", "subscription.canceled"]
+DAY = 86400.0
+NOW = time.time()
+
+SEQ_WALK = re.compile(r"^SELECT seq, id, .* FROM events( WHERE (received_at [<>]=? \S+( AND |\s)?)+)? ORDER BY seq")
+"""A listing that walks `events` in seq order and stops at its limit (see the module docstring)."""
+
+
+def rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """BIG events over the last 60 days, and one run each: 1% dead, 1% failed, 0.5% pending, the rest succeeded."""
+    events, runs = [], []
+    for n in range(BIG):
+        at = NOW - 60 * DAY + n * (60 * DAY / BIG)
+        event_id = f"evt_{n:06d}"
+        events.append((event_id, TYPES[n % len(TYPES)], None, at, '{"content-type": "application/json"}', b"{}"))
+        status = "dead" if n % 100 == 1 else "failed" if n % 100 == 2 else "pending" if n % 200 == 3 else "succeeded"
+        due = NOW + 3600 if status == "failed" else at
+        runs.append((event_id, HANDLERS[n % 2], status, 1, due))
+    return events, runs
+
+
+async def exercise(store: Store) -> None:
+    """Every path: ingest (new and duplicate), claim, renew, finish, release, requeue, reads, stream, prune."""
+    fresh = Incoming(
+        id="evt_new",
+        type="subscription.upgraded",
+        occurred_at=None,
+        received_at=time.time(),
+        headers={"content-type": "application/json"},
+        body=b"{}",
+        handlers=HANDLERS,
+    )
+    assert (await store.ingest(fresh)).status == "stored"
+    duplicate = Incoming(
+        id="evt_000001", type="invoice.paid", occurred_at=None, received_at=time.time(), headers={}, body=b"{}"
+    )
+    assert (await store.ingest(duplicate)).requeued == 1  # evt_000001's run is dead: a resend re-queues it
+    store.reject(reason="invalid_signature", remote="127.0.0.1", headers={}, body=b"x")
+    assert await store.check_writable()
+
+    now = time.time()
+    claimed = await store.claim(owner="w1", handlers=HANDLERS, now=now, lease=30, limit=5)
+    assert claimed
+    await store.claim(owner="w2", handlers=HANDLERS, now=now, lease=30, limit=5, event_id="evt_000003")
+    assert await store.renew(owner="w1", until=now + 60) == len(claimed)
+    first = claimed[0]
+    finished = await store.finish(
+        owner="w1",
+        event_id=first.event_id,
+        handler=first.handler,
+        status="succeeded",
+        error=None,
+        next_attempt_at=None,
+        finished_at=now,
+        duration_ms=1.0,
+    )
+    assert finished
+    await store.release(owner="w1")
+    await store.requeue(ids=["evt_000101"])
+    await store.next_due(HANDLERS)
+    await store.orphaned_runs(HANDLERS)
+
+    assert await store.get_event("evt_000007") is not None
+    assert await store.get_runs("evt_000007")
+    newest = (await store.seq_bounds())[1]
+    since = iso(now - DAY)
+    for selection in (
+        EventFilter(newest_first=True, limit=50),
+        EventFilter(types=["invoice.paid"], newest_first=True, limit=50),
+        EventFilter(types=["subscription.*"], newest_first=True, limit=50),
+        EventFilter(types=["nope.*"], newest_first=True, limit=50),
+        EventFilter(types=["invoice.paid", "refund.created"], newest_first=True, limit=50),
+        EventFilter(status=["dead"], newest_first=True, limit=50),
+        EventFilter(since=since, newest_first=True, limit=50),
+        EventFilter(ids=["evt_000042", "evt_000043"]),
+        EventFilter(types=["subscription.*"], status=["handled"], newest_first=True, limit=50),
+    ):
+        await store.list_events(selection)
+    streamed = [event.seq async for event in store.iter_events(EventFilter(after_seq=newest - 120), page=50)]
+    assert len(streamed) > 100
+    prefixed = EventFilter(types=["subscription.*"], after_seq=newest - 500, max_seq=newest)
+    assert [event async for event in store.iter_events(prefixed, page=50)]
+
+    oldest = now - 59 * DAY
+    counts = await store.count_prunable(before=oldest)
+    assert counts["events"] > 0
+    pruned = await store.prune(before=oldest, limit=100)
+    assert pruned["events"] == 100
+    await store.optimize()
+
+
+def distinct(statements: list[str]) -> list[str]:
+    """The statements worth explaining: no transaction control, pragmas or trigger bodies."""
+    skip = ("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA", "ANALYZE", "--", "SAVEPOINT", "RELEASE", "NOTIFY", "LISTEN")
+    seen = dict.fromkeys(s.strip() for s in statements if not s.strip().upper().startswith(skip))
+    return list(seen)
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+
+
+def build_sqlite(path: Path) -> None:
+    asyncio.run(SQLiteStore(path).close())  # the public schema, as the receiver creates it
+    events, runs = rows()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO events (id, type, occurred_at, received_at, headers, body) VALUES (?, ?, ?, ?, ?, ?)",
+        [(e[0], e[1], e[2], iso(e[3]), e[4], e[5]) for e in events],
+    )
+    conn.executemany(
+        "INSERT INTO handler_runs (event_id, handler, status, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
+        [(r[0], r[1], r[2], r[3], iso(r[4])) for r in runs],
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def sqlite_scans(conn: sqlite3.Connection, statement: str) -> list[str]:
+    plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement)]
+    scans = [step for step in plan if re.match(r"SCAN (events|handler_runs)\b", step)]
+    if scans and SEQ_WALK.match(statement) and plan == ["SCAN events"]:
+        return []
+    return scans
+
+
+def test_every_sqlite_statement_is_bounded_by_an_index(tmp_path: Path) -> None:
+    db = tmp_path / "big.db"
+    build_sqlite(db)
+    statements: list[str] = []
+
+    async def work() -> None:
+        store = SQLiteStore(db, readers=1)  # opening a store this grown refreshes its statistics
+        try:
+            await store.seq_bounds()  # opens the reader connection, so that its statements are traced too
+            for conn in (store._writer, *store._reader_conns):
+                conn.set_trace_callback(statements.append)
+            await exercise(store)
+        finally:
+            await store.close()
+
+    asyncio.run(work())
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'events'").fetchone()[0] > 0
+    explained = distinct(statements)
+    assert len(explained) >= 20  # every path above was traced
+    scans = {statement: found for statement in explained if (found := sqlite_scans(conn, statement))}
+    assert scans == {}, json.dumps(scans, indent=1)
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+class _Recorded:
+    """A pooled connection that notes each statement (and its parameters) before running it."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], log: list[tuple[str, Any]]) -> None:
+        self._conn, self._log = conn, log
+
+    async def execute(self, sql: str | bytes, params: Any = None) -> Any:
+        self._log.append((sql.decode() if isinstance(sql, bytes) else sql, params))
+        return await self._conn.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class _RecordingConnection(_Connection):
+    def __init__(self, store: PostgresStore, log: list[tuple[str, Any]]) -> None:
+        super().__init__(store)
+        self._log = log
+
+    async def __aenter__(self) -> Any:
+        return _Recorded(await super().__aenter__(), self._log)
+
+
+class RecordingStore(PostgresStore):
+    """The PostgreSQL store, unchanged, with every statement it executes written down."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.log: list[tuple[str, Any]] = []
+
+    def _connection(self) -> Any:
+        return _RecordingConnection(self, self.log)
+
+
+def build_postgres(url: str) -> None:
+    events, runs = rows()
+    with psycopg.connect(url, autocommit=True) as conn:
+        with (
+            conn.cursor() as cursor,
+            cursor.copy("COPY events (id, type, occurred_at, received_at, headers, body) FROM STDIN") as copy,
+        ):
+            for e in events:
+                copy.write_row((e[0], e[1], e[2], iso(e[3]), e[4], e[5]))
+        with (
+            conn.cursor() as cursor,
+            cursor.copy("COPY handler_runs (event_id, handler, status, attempts, next_attempt_at) FROM STDIN") as copy,
+        ):
+            for r in runs:
+                copy.write_row((r[0], r[1], r[2], r[3], iso(r[4])))
+        conn.execute("ANALYZE")
+
+
+def postgres_scans(plan: dict[str, Any], *, limited: bool = False) -> list[str]:
+    """Full scans of a big table in `plan`; a walk of `events` in seq order right under a Limit is allowed."""
+    found = []
+    kind, relation = plan.get("Node Type"), plan.get("Relation Name")
+    if relation in ("events", "handler_runs"):
+        seq_walk = limited and plan.get("Index Name") == "events_pkey"
+        if kind == "Seq Scan":
+            found.append(f"Seq Scan on {relation}")
+        elif kind in ("Index Scan", "Index Only Scan") and "Index Cond" not in plan and not seq_walk:
+            found.append(f"{kind} on {relation} using {plan.get('Index Name')} with no condition")
+    for child in plan.get("Plans", []):
+        found.extend(postgres_scans(child, limited=kind == "Limit"))
+    return found
+
+
+def test_every_postgres_statement_is_bounded_by_an_index(postgres_url: str) -> None:
+    store = RecordingStore(postgres_url)
+    build_postgres(postgres_url)
+
+    async def work() -> None:
+        try:
+            await exercise(store)
+        finally:
+            await store.close()
+
+    asyncio.run(work())
+    scans: dict[str, list[str]] = {}
+    explained = 0
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        for sql, params in store.log:
+            if sql.strip().upper().startswith(("NOTIFY", "LISTEN", "ANALYZE")):
+                continue
+            explained += 1
+            [(plan,)] = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}".encode(), params).fetchall()
+            plan = plan if isinstance(plan, list) else json.loads(plan)
+            if found := postgres_scans(plan[0]["Plan"]):
+                scans[" ".join(sql.split())] = found
+        conn.rollback()
+    assert explained >= 20
+    assert scans == {}, json.dumps(scans, indent=1)
