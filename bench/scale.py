@@ -247,7 +247,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         full_db, empty_db = workdir / "full.db", workdir / "empty.db"
         shutil.copyfile(cached, full_db)
         serve = Path(sys.executable).with_name("montra-hooks")
-        command = [str(serve), "serve", "--secret", SECRET, "--port", "{port}", "--inspect-token", INSPECT_TOKEN, "--db"]
+        command = [
+            str(serve),
+            "serve",
+            "--secret",
+            SECRET,
+            "--port",
+            "{port}",
+            "--inspect-token",
+            INSPECT_TOKEN,
+            "--db",
+        ]
         servers = {"empty": _Server("empty", [*command, str(empty_db)], workdir, empty_db)}
         try:
             servers["full"] = _Server("full", [*command, str(full_db)], workdir, full_db)
