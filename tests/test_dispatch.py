@@ -524,7 +524,7 @@ def test_cli_shows_dead_runs_and_retry_hands_them_to_the_running_receiver(db: Pa
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("no_such_module:hooks", "cannot import 'no_such_module': No module named 'no_such_module'"),
+        ("no_such_module:hooks", "cannot import 'no_such_module': no module named 'no_such_module'."),
         ("handlers_here:missing", "handlers_here:missing is nothing, not a receiver.Hooks."),
         ("handlers_here:value", "handlers_here:value is int, not a receiver.Hooks."),
         ("handlers_here", "'handlers_here' is not MODULE:HOOKS"),

@@ -318,7 +318,7 @@ def test_a_wrong_local_secret_stops_listen_before_the_event_and_a_restart_delive
     listen = listen_process(tmp_path, relay.url, local.url + "/webhooks", "--start", "all", "--state", str(state))
     listen.start()
     try:
-        wait_until(lambda: cursor_in(state) == 1, "the first event delivered and its cursor saved")
+        wait_until(lambda: cursor_in(state) == 1, what="the first event delivered and its cursor saved")
         assert listen.terminate() == 0
     finally:
         listen.kill()
@@ -347,8 +347,8 @@ def test_a_wrong_local_secret_stops_listen_before_the_event_and_a_restart_delive
     right = listen_process(tmp_path, relay.url, local.url + "/webhooks", "--state", str(state), name="listen-right")
     right.start()
     try:
-        wait_until(lambda: stored_ids(local_db) == [first, *later], "both held-back events at the local receiver")
-        wait_until(lambda: cursor_in(state) == 3, "the cursor after them")
+        wait_until(lambda: stored_ids(local_db) == [first, *later], what="both held-back events at the local receiver")
+        wait_until(lambda: cursor_in(state) == 3, what="the cursor after them")
     finally:
         right.kill()
     assert "resuming after seq 1" in right.output()
@@ -372,7 +372,7 @@ def test_starting_live_with_a_wrong_secret_keeps_the_first_event(
     right = listen_process(tmp_path, relay.url, local.url + "/webhooks", "--state", str(state), name="listen-right")
     right.start()
     try:
-        wait_until(lambda: stored_ids(tmp_path / "local.db") == sent, "both events once the secret is right")
+        wait_until(lambda: stored_ids(tmp_path / "local.db") == sent, what="both events once the secret is right")
     finally:
         right.kill()
 
