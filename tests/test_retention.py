@@ -7,8 +7,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from conftest import query
 from starlette.testclient import TestClient
+from support.db import query
 
 from receiver import create_app
 from receiver.retention import Retention
