@@ -27,6 +27,7 @@ import json
 import re
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ async def exercise(store: Store) -> None:
     assert await store.get_event("evt_000007") is not None
     assert await store.get_runs("evt_000007")
     newest = (await store.seq_bounds())[1]
-    since = iso(now - DAY)
+    since = datetime.fromtimestamp(now - DAY, UTC)
     for selection in (
         EventFilter(newest_first=True, limit=50),
         EventFilter(types=["invoice.paid"], newest_first=True, limit=50),
