@@ -138,6 +138,17 @@ def open_existing_store(db: str) -> Store:
     help="Turn on /inspect for whoever logs in with this token (env MONTRA_HOOKS_INSPECT_TOKEN).",
 )
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
+@click.option(
+    "--max-connections",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Open connections at most; past it, new requests get 503.",
+)
+# Hidden: how long a request's headers and body may take; tests shorten them to see slow clients cut off quickly.
+@click.option("--header-timeout", default=10.0, type=click.FloatRange(min=0.1), hidden=True, metavar="SECONDS")
+@click.option("--body-timeout", default=30.0, type=click.FloatRange(min=0.1), hidden=True, metavar="SECONDS")
 def serve(
     app_spec: str | None,
     db: str,
@@ -154,6 +165,9 @@ def serve(
     inspect: bool,
     inspect_token: str | None,
     access_log: bool,
+    max_connections: int,
+    header_timeout: float,
+    body_timeout: float,
 ) -> None:
     """Run the receiver.
 
@@ -164,9 +178,8 @@ def serve(
     Secrets also come from env MONTRA_HOOKS_SECRETS (comma-separated). With none on a loopback
     host, a dev secret is created in .montra-hooks/dev-secret for trigger, replay and listen.
     """
-    import uvicorn
-
     from .app import create_app, secrets_from_env
+    from .server import Limits, run_server
 
     inspect_token = inspect_token or None
     if inspect and not inspect_token and not is_loopback(host):
@@ -226,15 +239,8 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     # Open streams end by themselves on SIGTERM, but a client that stopped reading holds its socket's
     # unsent bytes, and uvicorn would wait for them forever: the graceful shutdown gets 10 s.
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        access_log=access_log,
-        log_level="info",
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    limits = Limits(max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout)
+    run_server(app, host=host, port=port, limits=limits, access_log=access_log, timeout_graceful_shutdown=10)
 
 
 @cli.group()
