@@ -1,0 +1,178 @@
+"""Ingest under attack: signed webhooks a second while a slowloris and a header flood run, against the same without.
+
+Two servers, each its own process on a free loopback port, started once and kept running:
+
+- (p) `montra-hooks serve --secret S --db <tmp>`: the receiver with its limits (`receiver.server`'s
+  protocol class over uvicorn's httptools one);
+- (u) the same app (`create_app`, same options) under plain `uvicorn.run(http="httptools")`: what the
+  limits cost, if anything.
+
+Rounds alternate p (quiet), p (attacked), u (quiet). In the attacked runs a separate process keeps
+500 slowloris connections open (each sends a header line a second and reconnects when closed) and
+sends header floods (`a:b` repeated 400,000 times) one after another. Load and its checks are
+`bench/ingest.py`'s (wrk, or `bench/_loadgen.py`): every 2xx must be a stored row.
+
+Run `python bench/hostile.py [--rounds 3] [--seconds 5] [--connections 64] [--slowloris 500] [--load wrk|python]`;
+`main()` returns the figures for `bench/run.py`. Targets: attacked/quiet >= 0.8; (p)/(u) >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ingest import SECRET, _Runner, _Server, ensure_wrk
+
+TARGET_UNDER_ATTACK = 0.8
+TARGET_OVER_PLAIN = 0.95
+
+_HERE = Path(__file__).resolve().parent
+_FLOOD = b"POST /webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"a:b\r\n" * 400_000 + b"\r\n"
+
+
+async def _slowloris_connection(port: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.5)
+            continue
+        try:
+            writer.write(b"POST /webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            while not stop.is_set() and not reader.at_eof():
+                writer.write(b"X-a: b\r\n")
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):  # a second between lines, unless the server closes first
+                    await asyncio.wait_for(reader.read(4096), timeout=1.0)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+
+async def _flood(port: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_FLOOD)
+            await asyncio.wait_for(reader.read(4096), timeout=30)  # the 431 (or the close)
+            writer.close()
+        except (OSError, TimeoutError):
+            await asyncio.sleep(0.1)
+
+
+async def _attack(port: int, slowloris: int) -> None:
+    """Run until SIGTERM: `slowloris` slow connections and one header flood after another."""
+    import signal
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [asyncio.create_task(_slowloris_connection(port, stop)) for _ in range(slowloris)]
+    tasks.append(asyncio.create_task(_flood(port, stop)))
+    await asyncio.gather(*tasks)
+
+
+def _plain(port: int, db: str) -> None:
+    """(u): the receiver app under uvicorn's own httptools protocol, with no limits of ours."""
+    import uvicorn
+
+    from receiver import create_app
+
+    app = create_app(db=db, secrets=[SECRET])
+    uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", access_log=False, lifespan="on")
+
+
+def _servers(workdir: Path) -> dict[str, _Server]:
+    serve = Path(sys.executable).with_name("montra-hooks")
+    serve_command = [str(serve)] if serve.exists() else [sys.executable, "-c", "from replay.cli import main; main()"]
+    me = str(Path(__file__).resolve())
+    commands = {
+        "p": [*serve_command, "serve", "--secret", SECRET, "--db", str(workdir / "p.db"), "--port", "{port}"],
+        "u": [sys.executable, me, "--plain", "{port}", str(workdir / "u.db")],
+    }
+    servers: dict[str, _Server] = {}
+    try:
+        for key, command in commands.items():
+            servers[key] = _Server(key, command, workdir, workdir / f"{key}.db")
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the alternating rounds; print the table and return the medians and ratios."""
+    parser = argparse.ArgumentParser(prog="bench/hostile.py", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--slowloris", type=int, default=500, help="slow connections held open during attacks")
+    parser.add_argument("--load", choices=["wrk", "python"], default="wrk", help="python: bench/_loadgen.py")
+    args = parser.parse_args(argv or [])
+
+    wrk = ensure_wrk() if args.load == "wrk" else None
+    tool = f"wrk -t1 -c{args.connections}" if wrk else f"bench/_loadgen.py, {args.connections} connections"
+    print(f"hostile: {tool}, {args.rounds} rounds of {args.seconds} s: (p) quiet, (p) attacked, (u) quiet")
+    print(f"  attack: {args.slowloris} slowloris connections and back-to-back 400,000-line header floods", flush=True)
+
+    samples: dict[str, list[float]] = {"quiet": [], "attacked": [], "plain": []}
+    with tempfile.TemporaryDirectory(prefix="montra-bench-") as tmp:
+        workdir = Path(tmp)
+        servers = _servers(workdir)
+        try:
+            runner = _Runner(wrk, workdir, 1, args.connections)
+            for server in servers.values():
+                runner.run(server, args.warmup)
+            runner.warnings.clear()
+            print(f"  {'round':>5} {'(p) quiet':>10} {'attacked':>10} {'(u) quiet':>10} {'att/q':>6} {'p/u':>6}")
+            for n in range(1, args.rounds + 1):
+                samples["quiet"].append(runner.run(servers["p"], args.seconds)["rps"])
+                attacker = subprocess.Popen(
+                    [sys.executable, __file__, "--attack", str(servers["p"].port), str(args.slowloris)]
+                )
+                try:
+                    time.sleep(1.0)  # the slow connections open
+                    samples["attacked"].append(runner.run(servers["p"], args.seconds)["rps"])
+                finally:
+                    attacker.terminate()
+                    attacker.wait(timeout=15)
+                samples["plain"].append(runner.run(servers["u"], args.seconds)["rps"])
+                q, a, u = (samples[key][-1] for key in ("quiet", "attacked", "plain"))
+                print(f"  {n:>5} {q:>10,.0f} {a:>10,.0f} {u:>10,.0f} {a / q:>6.2f} {q / u:>6.2f}", flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    figures = {f"{key}_rps": statistics.median(values) for key, values in samples.items()}
+    figures["ratio_attacked_over_quiet"] = figures["attacked_rps"] / figures["quiet_rps"]
+    figures["ratio_limits_over_plain"] = figures["quiet_rps"] / figures["plain_rps"]
+    for name, target, label in (
+        ("ratio_attacked_over_quiet", TARGET_UNDER_ATTACK, "attacked/quiet"),
+        ("ratio_limits_over_plain", TARGET_OVER_PLAIN, "(p)/(u)"),
+    ):
+        print(f"  {label} = {figures[name]:.2f} (target >= {target}: {'met' if figures[name] >= target else 'MISSED'})")
+    print(f"  load average after: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    for warning in runner.warnings:
+        print(f"  WARNING {warning}")
+    if runner.lost:
+        raise RuntimeError("acknowledged events are missing from the store: " + "; ".join(runner.lost))
+    return figures
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--attack"]:
+        asyncio.run(_attack(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 500))
+    elif sys.argv[1:2] == ["--plain"]:
+        _plain(int(sys.argv[2]), sys.argv[3])
+    else:
+        main(sys.argv[1:])
