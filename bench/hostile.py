@@ -58,6 +58,9 @@ async def _slowloris_connection(port: int, stop: asyncio.Event) -> None:
             writer.close()
 
 
+_FLOODS = [0]
+
+
 async def _flood(port: int, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
@@ -65,19 +68,22 @@ async def _flood(port: int, stop: asyncio.Event) -> None:
             writer.write(_FLOOD)
             await asyncio.wait_for(reader.read(4096), timeout=30)  # the 431 (or the close)
             writer.close()
+            _FLOODS[0] += 1
         except (OSError, TimeoutError):
             await asyncio.sleep(0.1)
 
 
-async def _attack(port: int, slowloris: int) -> None:
+async def _attack(port: int, slowloris: int, flood: bool = True) -> None:
     """Run until SIGTERM: `slowloris` slow connections and one header flood after another."""
     import signal
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     tasks = [asyncio.create_task(_slowloris_connection(port, stop)) for _ in range(slowloris)]
-    tasks.append(asyncio.create_task(_flood(port, stop)))
+    if flood:
+        tasks.append(asyncio.create_task(_flood(port, stop)))
     await asyncio.gather(*tasks)
+    print("floods", _FLOODS[0], file=sys.stderr)
 
 
 def _plain(port: int, db: str) -> None:
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--attack"]:
-        asyncio.run(_attack(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 500))
+        asyncio.run(_attack(int(sys.argv[2]), int(sys.argv[3]), "noflood" not in sys.argv))
     elif sys.argv[1:2] == ["--plain"]:
         _plain(int(sys.argv[2]), sys.argv[3])
     else:

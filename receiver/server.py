@@ -26,6 +26,7 @@ from asyncio.events import TimerHandle
 from dataclasses import dataclass
 from typing import Any
 
+import httptools
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -44,6 +45,7 @@ class Limits:
     """What one connection may cost. Defaults are DESIGN's."""
 
     max_header_bytes: int = 32 * 1024
+    max_header_lines: int = 100
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keep_alive: float = 5.0
@@ -72,6 +74,10 @@ async def _service_unavailable(scope: Scope, receive: Receive, send: Send) -> No
     await send({"type": "http.response.body", "body": body})
 
 
+class _TooManyHeaderLines(Exception):
+    pass
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header-size, header-time and body-time limits (see the module doc).
 
@@ -92,6 +98,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.limit_concurrency = None
         self._reading_headers = True  # until the current request's headers are whole
         self._header_bytes = 0
+        self._header_lines = 0
         self._deadline: TimerHandle | None = None
 
     # -- connection ------------------------------------------------------------------------
@@ -118,20 +125,46 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # and the parser never holds more than `limit` bytes of them.
             piece, data = data[:room], data[room:]
             self._header_bytes += len(piece)
-            super().data_received(piece)
+            self._feed(piece)
             if self.parser is None or self.transport.is_closing():
                 return
             if self._reading_headers and self._header_bytes >= limit:
                 self._refuse_headers()
                 return
         if data:
-            super().data_received(data)
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's data_received, but a request refused from a parser callback is answered by us."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            # httptools wraps what a callback raised, keeping it as the context.
+            if isinstance(e.__context__, _TooManyHeaderLines):
+                self._refuse_headers()
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     # -- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_headers = True
+        self._header_lines = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # 32 KiB of `a:b` lines is 5,000 callbacks into Python: a line count stops a flood of them after a few.
+        self._header_lines += 1
+        if self._header_lines > self.limits.max_header_lines:
+            raise _TooManyHeaderLines
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
@@ -188,6 +221,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             f"The request headers are larger than {self.limits.max_header_bytes} bytes; send fewer or shorter ones."
         )
         self.transport.write(_json_response(431, "headers_too_large", message))
+        # What the parser gathered so far (thousands of small tuples in a flood) goes now, not with the connection.
+        if self.headers:  # None when only blank lines came (the parser skips them before a request)
+            self.headers.clear()
         # Closing now, with the client's bytes unread, would reset the connection and could discard the answer
         # before the client reads it: stop reading (no more work), end our side, and close a moment later.
         self.flow.pause_reading()

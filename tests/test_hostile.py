@@ -229,7 +229,10 @@ def test_past_max_connections_new_requests_get_503_and_inflight_webhooks_are_sto
     server = serve("--secret", SECRET, "--db", "events.db", "--max-connections", "20")
     body = body_of("msg_in_flight")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as in_flight:
-        in_flight.sendall(signed_head("msg_in_flight", body) + body[:10])  # in flight: half its body sent
+        # In flight: the app reading its body (it asks for it: 100 Continue), and part of the body sent.
+        in_flight.sendall(signed_head("msg_in_flight", body, "Expect: 100-continue"))
+        assert in_flight.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        in_flight.sendall(body[:10])
         idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(25)]
         try:
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as late:
