@@ -13,7 +13,8 @@ sends header floods (`a:b` repeated 400,000 times) one after another. Load and i
 `bench/ingest.py`'s (wrk, or `bench/_loadgen.py`): every 2xx must be a stored row.
 
 Run `python bench/hostile.py [--rounds 3] [--seconds 5] [--connections 64] [--slowloris 500] [--load wrk|python]`;
-`main()` returns the figures for `bench/run.py`. Targets: attacked/quiet >= 0.8; (p)/(u) >= 0.95.
+`main()` returns the figures for `bench/run.py`. `python bench/hostile.py --attack PORT N [noflood]` runs only
+the attacker (N slow connections), until SIGTERM. Targets: attacked/quiet >= 0.8; (p)/(u) >= 0.95.
 """
 
 from __future__ import annotations
@@ -58,9 +59,6 @@ async def _slowloris_connection(port: int, stop: asyncio.Event) -> None:
             writer.close()
 
 
-_FLOODS = [0]
-
-
 async def _flood(port: int, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
@@ -68,7 +66,6 @@ async def _flood(port: int, stop: asyncio.Event) -> None:
             writer.write(_FLOOD)
             await asyncio.wait_for(reader.read(4096), timeout=30)  # the 431 (or the close)
             writer.close()
-            _FLOODS[0] += 1
         except (OSError, TimeoutError):
             await asyncio.sleep(0.1)
 
@@ -83,7 +80,6 @@ async def _attack(port: int, slowloris: int, flood: bool = True) -> None:
     if flood:
         tasks.append(asyncio.create_task(_flood(port, stop)))
     await asyncio.gather(*tasks)
-    print("floods", _FLOODS[0], file=sys.stderr)
 
 
 def _plain(port: int, db: str) -> None:

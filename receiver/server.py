@@ -99,6 +99,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = True  # until the current request's headers are whole
         self._header_bytes = 0
         self._header_lines = 0
+        self._refused = False
         self._deadline: TimerHandle | None = None
 
     # -- connection ------------------------------------------------------------------------
@@ -113,6 +114,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:  # answered 431; what was read with it is dropped
+            return
         limit = self.limits.max_header_bytes
         while data and self._reading_headers:
             if self._deadline is None:  # the request's first byte
@@ -126,7 +129,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             piece, data = data[:room], data[room:]
             self._header_bytes += len(piece)
             self._feed(piece)
-            if self.parser is None or self.transport.is_closing():
+            if self._refused or self.parser is None or self.transport.is_closing():
                 return
             if self._reading_headers and self._header_bytes >= limit:
                 self._refuse_headers()
@@ -211,8 +214,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_headers(self) -> None:
         self._disarm()
-        if self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
             return
+        self._refused = True
         if self.cycle is not None and not self.cycle.response_complete:
             # An earlier request on this connection is still being answered: its answer must not be cut into.
             self.transport.close()
