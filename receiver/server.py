@@ -117,7 +117,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:  # answered 431; what was read with it is dropped
             return
         limit = self.limits.max_header_bytes
-        while data and self._reading_headers:
+        view = memoryview(data)  # slices of a view copy nothing: a flood's 256 KiB read is not copied to be dropped
+        while view and self._reading_headers:
             if self._deadline is None:  # the request's first byte
                 self._arm(self.limits.header_timeout)
             room = limit - self._header_bytes
@@ -126,7 +127,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 return
             # Feed at most what the limit leaves: if the headers are not whole after that, they are too large,
             # and the parser never holds more than `limit` bytes of them.
-            piece, data = data[:room], data[room:]
+            piece, view = view[:room], view[room:]
             self._header_bytes += len(piece)
             self._feed(piece)
             if self._refused or self.parser is None or self.transport.is_closing():
@@ -134,10 +135,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._reading_headers and self._header_bytes >= limit:
                 self._refuse_headers()
                 return
-        if data:
-            self._feed(data)
+        if view:
+            self._feed(view)
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: memoryview) -> None:
         """uvicorn's data_received, but a request refused from a parser callback is answered by us."""
         self._unset_keepalive_if_required()
         try:
