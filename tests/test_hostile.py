@@ -159,8 +159,11 @@ def test_endless_header_costs_bounded_memory(server: ServerProcess) -> None:
             peak = max(peak, rss_mib(pid))
             sender.join(timeout=0.05)
         assert signed_webhook_answered(server, "msg_after_endless")["status"] == "stored"
-        refused = read_answer(attacker)
-    assert refused[0] == 431
+        try:
+            status = read_answer(attacker)[0]
+        except ConnectionResetError:  # closed with the attacker's bytes unread: the 431 may be dropped with them
+            status = 431
+    assert status == 431  # a server that kept reading would answer nothing: recv times out
     assert peak - baseline < 50, f"RSS grew from {baseline:.0f} to {peak:.0f} MiB while {sent / MIB:.0f} MiB were sent"
 
 
