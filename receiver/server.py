@@ -232,6 +232,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # Closing now, with the client's bytes unread, would reset the connection and could discard the answer
         # before the client reads it: stop reading (no more work), end our side, and close a moment later.
         self.flow.pause_reading()
+        # Answered: it no longer counts against --max-connections (back-to-back floods would fill it with these).
+        self.connections.discard(self)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._deadline = self.loop.call_later(_LINGER, self._expire)
