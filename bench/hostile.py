@@ -41,24 +41,55 @@ _HERE = Path(__file__).resolve().parent
 _FLOOD = b"POST /webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"a:b\r\n" * 400_000 + b"\r\n"
 
 
-async def _slowloris_connection(port: int, stop: asyncio.Event) -> None:
+class _Slow(asyncio.Protocol):
+    """One slowloris connection: a request begun, then a header line each time `tick` runs; `closed` when cut."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(b"POST /webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+
+    def tick(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"X-a: b\r\n")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def _slowloris(port: int, count: int, stop: asyncio.Event) -> None:
+    """Keep `count` slow connections open (reconnecting those the server cuts), one header line a second each.
+
+    Plain protocols and one ticker, not a task per connection: the attacker must cost the shared CPUs little.
+    """
+    loop = asyncio.get_running_loop()
+    open_ones: set[_Slow] = set()
+
+    async def keep_one() -> None:
+        while not stop.is_set():
+            try:
+                _, slow = await loop.create_connection(_Slow, "127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.5)
+                continue
+            open_ones.add(slow)
+            await asyncio.wait([slow.closed, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            open_ones.discard(slow)
+            if slow.transport is not None:
+                slow.transport.close()
+
+    keepers = [asyncio.create_task(keep_one()) for _ in range(count)]
     while not stop.is_set():
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.5)
-            continue
-        try:
-            writer.write(b"POST /webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            while not stop.is_set() and not reader.at_eof():
-                writer.write(b"X-a: b\r\n")
-                await writer.drain()
-                with contextlib.suppress(TimeoutError):  # a second between lines, unless the server closes first
-                    await asyncio.wait_for(reader.read(4096), timeout=1.0)
-        except OSError:
-            pass
-        finally:
-            writer.close()
+        for slow in list(open_ones):
+            slow.tick()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+    await asyncio.gather(*keepers)
 
 
 async def _flood(port: int, stop: asyncio.Event, rate: float) -> None:
@@ -80,9 +111,7 @@ async def _attack(port: int, slowloris: int, floods_per_second: float) -> None:
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    tasks = [asyncio.create_task(_slowloris_connection(port, stop)) for _ in range(slowloris)]
-    tasks.append(asyncio.create_task(_flood(port, stop, floods_per_second)))
-    await asyncio.gather(*tasks)
+    await asyncio.gather(_slowloris(port, slowloris, stop), _flood(port, stop, floods_per_second))
 
 
 def _plain(port: int, db: str) -> None:
