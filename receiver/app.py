@@ -45,7 +45,8 @@ _MIB = 1024 * 1024
 MIN_FREE_BYTES = 64 * _MIB
 """`/healthz` is 503 below this much free space on the store's disk (or 4 x max_body, if more)."""
 MAX_HEADER_BYTES = 32 * 1024
-"""Request headers larger than this are refused (431): h11 bounds only headers that arrive in pieces."""
+"""Request headers larger than this are refused (431): by `receiver.server`'s protocol as they arrive, and here
+again for servers that do not bound them."""
 
 _STATUS_OF_REASON = {
     "missing_headers": 400,
@@ -54,6 +55,14 @@ _STATUS_OF_REASON = {
     "invalid_signature": 401,
 }
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# Headers that must have one value, with the error code of a request that sends two different ones.
+_SINGLE_VALUED = {
+    "webhook-id": "missing_headers",
+    "svix-id": "missing_headers",
+    "webhook-timestamp": "bad_timestamp",
+    "svix-timestamp": "bad_timestamp",
+}
+_SIGNATURE_NAMES = frozenset({"webhook-signature", "svix-signature"})
 
 
 def create_app(
@@ -234,18 +243,18 @@ class MontraApp:
     # -- POST /webhooks --------------------------------------------------------------------
 
     async def _receive_webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: dict[str, str] = {}
-        size = 0
-        for raw_name, raw_value in scope["headers"]:
-            size += len(raw_name) + len(raw_value)
-            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        raw_headers = scope["headers"]
         try:
-            if size > MAX_HEADER_BYTES:
-                message_text = f"The request headers are larger than {MAX_HEADER_BYTES} bytes."
+            # Sized before anything is built from them: under a server without our protocol (mounted elsewhere)
+            # nothing else bounds them.
+            if sum(len(name) + len(value) for name, value in raw_headers) > MAX_HEADER_BYTES:
+                message_text = (
+                    f"The request headers are larger than {MAX_HEADER_BYTES} bytes; send fewer or shorter ones."
+                )
                 status, payload = 431, {"error": "headers_too_large", "message": message_text}
             else:
-                status, payload = await self._handle(scope, receive, headers)
+                headers, conflict = _collect_headers(raw_headers)
+                status, payload = await self._handle(scope, receive, headers, conflict)
         except Exception:  # a bug must cost one request a 500, never the server
             log.exception("unexpected error receiving a webhook")
             status, payload = 500, {"error": "internal_error", "message": "The receiver failed unexpectedly."}
@@ -253,7 +262,9 @@ class MontraApp:
         await send({"type": "http.response.start", "status": status, "headers": _json_headers(body)})
         await send({"type": "http.response.body", "body": body})
 
-    async def _handle(self, scope: Scope, receive: Receive, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    async def _handle(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], conflict: tuple[str, str] | None
+    ) -> tuple[int, dict[str, Any]]:
         declared = headers.get("content-length")
         # isascii: str.isdigit() also accepts "²", which int() refuses.
         if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self.max_body:
@@ -277,6 +288,8 @@ class MontraApp:
         if content_type is not None and not _is_json(content_type):
             message_text = f"Content-Type {content_type!r} is not JSON: send application/json."
             return self._reject(scope, headers, body, 415, "unsupported_media_type", message_text)
+        if conflict is not None:
+            return self._reject(scope, headers, body, 400, *conflict)
         try:
             self.verifier.verify(body, headers)
         except VerificationError as e:
@@ -400,6 +413,34 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         root = request.scope.get("root_path", "")
         message = f"Nothing at {request.url.path}: GET {root or '/'} lists this receiver's routes."
     return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _collect_headers(raw: Sequence[tuple[bytes, bytes]]) -> tuple[dict[str, str], tuple[str, str] | None]:
+    """The request's headers as a dict, in time linear in their size, and the (code, message) of a conflict.
+
+    Repeated lines are joined once at the end (joining as they come is quadratic): `webhook-signature`
+    with a space, since each of its tokens stands alone; others with ", ", as HTTP says. The message id
+    and timestamp must not be ambiguous: repeated with different values is a conflict.
+    """
+    headers: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
+    for raw_name, raw_value in raw:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name not in headers:
+            headers[name] = value
+        elif name in repeated:
+            repeated[name].append(value)
+        else:
+            repeated[name] = [headers[name], value]
+    conflict: tuple[str, str] | None = None
+    for name, values in repeated.items():
+        single = _SINGLE_VALUED.get(name)
+        if single is not None:
+            if conflict is None and any(value != values[0] for value in values):
+                conflict = (single, f"{name} is repeated with different values; send it once.")
+        else:
+            headers[name] = (" " if name in _SIGNATURE_NAMES else ", ").join(values)
+    return headers, conflict
 
 
 def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:

@@ -17,7 +17,7 @@ import math
 import secrets as _random
 import string
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -125,12 +125,20 @@ class Verifier:
         `body` is the raw request body; `headers` any mapping (names are matched case-insensitively,
         `svix-*` accepted as aliases); `now` overrides the clock, in Unix seconds.
         """
-        # Lower-case lookups first: Starlette's Headers and our own dicts hit here without a scan.
-        get = headers.get
         # Typed `object`: a Mapping from an unknown caller may hold anything, and anything must fail cleanly.
-        msg_id: object = get("webhook-id") or get("svix-id")
-        timestamp: object = get("webhook-timestamp") or get("svix-timestamp")
-        signature: object = get("webhook-signature") or get("svix-signature")
+        msg_id: object
+        timestamp: object
+        signature: object
+        getlist = getattr(headers, "getlist", None)
+        if callable(getlist):
+            # Starlette's Headers and multidicts: their .get() sees only the first of repeated lines.
+            msg_id, timestamp, signature = _from_lines(getlist)
+        else:
+            # Lower-case lookups first: our own dicts hit here without a scan.
+            get = headers.get
+            msg_id = get("webhook-id") or get("svix-id")
+            timestamp = get("webhook-timestamp") or get("svix-timestamp")
+            signature = get("webhook-signature") or get("svix-signature")
         if not (msg_id and timestamp and signature):
             msg_id, timestamp, signature = _scan(headers, msg_id, timestamp, signature)
         if not (isinstance(msg_id, str) and isinstance(timestamp, str) and isinstance(signature, str)):
@@ -141,6 +149,10 @@ class Verifier:
                 f"header {missing} missing: a Standard Webhooks request carries webhook-id, webhook-timestamp and "
                 "webhook-signature; sign it with receiver.sign(), or send a signed test event with "
                 "`montra-hooks trigger subscription.upgraded`",
+            )
+        if not msg_id:
+            raise VerificationError(
+                "missing_headers", "webhook-id is empty; it must be 1 to 256 printable ASCII characters, no spaces"
             )
         if not (len(msg_id) <= _MAX_ID_LENGTH and msg_id.isascii() and msg_id.isprintable() and " " not in msg_id):
             raise VerificationError(
@@ -205,6 +217,19 @@ _NAMES = {
     "webhook-signature": 2,
     "svix-signature": 2,
 }
+
+
+def _from_lines(getlist: Callable[[str], list[str]]) -> tuple[object, object, object]:
+    """The three values from a mapping that keeps repeated lines: signatures joined, id and timestamp unambiguous."""
+    ids = getlist("webhook-id") or getlist("svix-id")
+    if any(value != ids[0] for value in ids[1:]):
+        raise VerificationError("missing_headers", "webhook-id is repeated with different values; send it once")
+    timestamps = getlist("webhook-timestamp") or getlist("svix-timestamp")
+    if any(value != timestamps[0] for value in timestamps[1:]):
+        raise VerificationError("bad_timestamp", "webhook-timestamp is repeated with different values; send it once")
+    # Each signature token stands alone, so repeated lines join with a space and any valid one accepts.
+    signatures = getlist("webhook-signature") or getlist("svix-signature")
+    return (ids[0] if ids else None), (timestamps[0] if timestamps else None), " ".join(signatures)
 
 
 def _scan(headers: Mapping[str, str], *found: object) -> tuple[object, object, object]:

@@ -96,6 +96,25 @@ def test_a_short_ingest_run_stores_every_acknowledged_event(capsys: pytest.Captu
 
 
 @pytest.mark.timeout(120)
+def test_a_short_hostile_run_stores_every_acknowledged_event(capsys: pytest.CaptureFixture[str]) -> None:
+    import hostile
+
+    # A few slow connections and the Python load generator: the harness works; the figures come from `make bench`.
+    argv = ["--rounds", "1", "--seconds", "1", "--warmup", "1", "--connections", "4", "--slowloris", "20"]
+    figures = hostile.main([*argv, "--load", "python"])  # raises if a server lost an acknowledged event
+    out = capsys.readouterr().out
+    assert "WARNING" not in out
+    assert set(figures) == {
+        "quiet_rps",
+        "attacked_rps",
+        "plain_rps",
+        "ratio_attacked_over_quiet",
+        "ratio_limits_over_plain",
+    }
+    assert all(figures[f"{key}_rps"] > 0 for key in ("quiet", "attacked", "plain"))
+
+
+@pytest.mark.timeout(120)
 def test_a_short_postgres_ingest_run_stores_every_acknowledged_event(
     capsys: pytest.CaptureFixture[str], postgres_server: str
 ) -> None:

@@ -61,6 +61,17 @@ __all__ = ["PortInUse", "check_port", "serve"]
     "(env MONTRA_HOOKS_INSPECT_TOKEN).",
 )
 @click.option(
+    "--max-connections",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Open connections at most; past it, new requests get 503.",
+)
+# Hidden: how long a request's headers and body may take; tests shorten them to see slow clients cut off quickly.
+@click.option("--header-timeout", default=10.0, type=click.FloatRange(min=0.1), hidden=True, metavar="SECONDS")
+@click.option("--body-timeout", default=30.0, type=click.FloatRange(min=0.1), hidden=True, metavar="SECONDS")
+@click.option(
     "--retain", type=DURATION, metavar="DURATION", help="Prune events older than this in the background, e.g. 30d."
 )
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
@@ -79,6 +90,9 @@ def serve(
     stream_token: str | None,
     inspect: bool,
     inspect_token: str | None,
+    max_connections: int,
+    header_timeout: float,
+    body_timeout: float,
     retain: float | None,
     access_log: bool,
 ) -> None:
@@ -114,9 +128,8 @@ def serve(
         secret_note = f"dev secret in {DEV_SECRET_FILE}" + (" (created)" if created else "")
     hooks = load_hooks(app_spec) if app_spec else Hooks()
     # Imported here: only serve needs the web stack, and the other commands start faster without it.
-    import uvicorn
-
     from receiver.app import create_app
+    from receiver.server import Limits, run_server
 
     try:
         prepare_store(db)  # open and migrate now, so a bad --db is one line here, not a traceback later
@@ -159,15 +172,8 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     # Open streams end by themselves on SIGTERM, but a client that stopped reading holds its socket's
     # unsent bytes, and uvicorn would wait for them forever: the graceful shutdown gets 10 s.
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        access_log=access_log,
-        log_level="info",
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    limits = Limits(max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout)
+    run_server(app, host=host, port=port, limits=limits, access_log=access_log, timeout_graceful_shutdown=10)
 
 
 class PortInUse(click.ClickException):
