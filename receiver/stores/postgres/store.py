@@ -35,11 +35,13 @@ from ..open import redact_url
 from ..protocol import (
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
+    Backlog,
     EventFilter,
     Incoming,
     IngestResult,
     Run,
     StoredEvent,
+    backlog_from,
     distinct_types_sql,
     iter_pages,
     redact,
@@ -68,6 +70,15 @@ MAX_PENDING_REJECTIONS = 100
 
 _CHANNEL = "montra_events"
 """What instances LISTEN on: a batch was committed (no payload; readers read the store)."""
+
+
+# Index-only counts on handler_runs_backlog; each min() one end of a partial index (waiting, leased).
+_BACKLOG = (
+    "SELECT status, count(*), NULL::timestamptz FROM handler_runs "
+    "WHERE status IN ('pending', 'running', 'failed', 'dead') GROUP BY status "
+    "UNION ALL SELECT 'waiting', 0, min(next_attempt_at) FROM handler_runs WHERE status IN ('pending', 'failed') "
+    "UNION ALL SELECT 'leased', 0, min(lease_until) FROM handler_runs WHERE status = 'running'"
+)
 
 
 class PostgresStore:
@@ -342,6 +353,15 @@ class PostgresStore:
             await self._execute(f"NOTIFY {_CHANNEL}", ())
         except StoreUnavailable as e:
             log.warning("could not notify other instances (their streams poll): %s", e)
+
+    def observe_batches(self, observe: Callable[[int], None] | None) -> None:
+        self._batches.observe = observe
+
+    async def backlog(self, *, now: float) -> Backlog:
+        rows = await self._fetch(_BACKLOG, ())
+        counts = {status: count for status, count, _ in rows if status not in ("waiting", "leased")}
+        times = {status: at for status, _, at in rows if status in ("waiting", "leased")}
+        return backlog_from(counts, waiting=(times.get("waiting"),), leased=times.get("leased"), now=now)
 
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
         sql = (
