@@ -1,11 +1,13 @@
 """`GET /metrics`: the receiver's series in the Prometheus text format, through `prometheus-client`.
 
 Each app has a `CollectorRegistry` of its own (never the library's global one), so several apps in one
-process, or one test after another, each count only their own. Counters and histograms are updated
-where things happen (a webhook answered, a batch committed, a handler try recorded): one
-increment each, on the event loop. The backlog (runs by status, the oldest due run) and the
-streams' lag are read when Prometheus scrapes, from the store and the open streams, so they are
-true after a restart and with several processes on one database.
+process, or one test after another, each count only their own. Counts are kept where things happen
+(a webhook answered, a batch committed, a handler try recorded) in plain integers: every update runs
+on the app's event loop, so it needs no lock, and costs a dict lookup and an addition on the ingest
+path (the library's own Counter takes a lock per increment). At a scrape, `_Collector` hands them to
+prometheus-client as counter and histogram families, which it writes in the exposition format. The
+backlog (runs by status, the oldest due run) and the streams' lag are read at the scrape, from the
+store and the open streams, so they are true after a restart and with several processes on one store.
 
 With several worker processes, each serves its own `/metrics` (its own counters; the backlog
 gauges read the shared store, so every worker reports the same backlog).
@@ -13,13 +15,14 @@ gauges read the shared store, so every worker reports the same backlog).
 
 from __future__ import annotations
 
+import bisect
 import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -56,9 +59,34 @@ HANDLER_OUTCOMES = ("succeeded", "failed", "timeout", "dead")
 
 # Acknowledgements wait for an fsync: milliseconds, more under load.
 _ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
 # Handlers call other services; the default timeout is 60 s.
 _HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class _Histogram:
+    """Observations counted per bucket (not cumulative: one increment each) and summed."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (`le` is "less or equal").
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by `le`, as the exposition format has them, +Inf last."""
+        cumulative: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip([*map(repr, self.bounds), "+Inf"], self.counts, strict=True):
+            total += count
+            cumulative.append((bound, total))
+        return cumulative
 
 
 class Metrics:
@@ -73,70 +101,45 @@ class Metrics:
             raise ConfigurationError("The metrics token is empty: pass a long random one, or none to leave it open.")
         self._store = store
         self._token = token.encode() if token is not None else None
+        self.received = dict.fromkeys(RECEIVED_OUTCOMES, 0)
+        self.ack = _Histogram(_ACK_BUCKETS)
+        self.batches = _Histogram(_BATCH_BUCKETS)
+        self.tries: dict[tuple[str, str], int] = {}
+        self.handler_seconds: dict[str, _Histogram] = {}
+        self._collector = _Collector(self, stream)
         self.registry = CollectorRegistry()
-        self._received = Counter(
-            "montra_webhooks_received",
-            "Webhook requests answered, by outcome: stored, duplicate, or the rejection's error code.",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self._ack = Histogram(
-            "montra_webhooks_ack_seconds",
-            "Seconds from a webhook request's start to its 2xx answer (after the durable commit).",
-            buckets=_ACK_BUCKETS,
-            registry=self.registry,
-        )
-        self._batch = Histogram(
-            "montra_group_commit_batch_size",
-            "Writes committed together in one transaction (one fsync).",
-            buckets=_BATCH_BUCKETS,
-            registry=self.registry,
-        )
-        self._tries = Counter(
-            "montra_handler_tries",
-            "Handler tries recorded by this process, by handler and outcome: succeeded, failed, timeout, dead.",
-            ["handler", "outcome"],
-            registry=self.registry,
-        )
-        self._handler_seconds = Histogram(
-            "montra_handler_seconds",
-            "Seconds a handler try took.",
-            ["handler"],
-            buckets=_HANDLER_BUCKETS,
-            registry=self.registry,
-        )
-        self._state = _StateCollector(stream)
-        self.registry.register(self._state)
-        # Label lookups cost a lock and a tuple each: the hot path finds its child in a plain dict.
-        self._outcomes = {outcome: self._received.labels(outcome) for outcome in RECEIVED_OUTCOMES}
+        self.registry.register(self._collector)
 
-    # -- updated where things happen -------------------------------------------------------
+    # -- updated where things happen, on the event loop ------------------------------------
 
     def answered(self, status: int, outcome: str, started: float) -> None:
         """A webhook request was answered: count its outcome; time it if it was acknowledged (2xx)."""
-        child = self._outcomes.get(outcome)
-        if child is None:  # an outcome outside RECEIVED_OUTCOMES (internal_error, ...): a few, fixed by the code
-            child = self._outcomes[outcome] = self._received.labels(outcome)
-        child.inc()
+        received = self.received
+        # An outcome outside RECEIVED_OUTCOMES (internal_error, ...) gets its own series: a few, fixed by the code.
+        received[outcome] = received.get(outcome, 0) + 1
         if 200 <= status < 300:
-            self._ack.observe(time.perf_counter() - started)
+            self.ack.observe(time.perf_counter() - started)
 
     def committed(self, size: int) -> None:
         """The store committed `size` writes in one transaction."""
-        self._batch.observe(size)
+        self.batches.observe(size)
 
     def handlers(self, names: Iterable[str]) -> None:
         """Export these handlers' series at 0 before their first try (see RECEIVED_OUTCOMES)."""
         for name in names:
             for outcome in HANDLER_OUTCOMES:
-                self._tries.labels(name, outcome)
-            self._handler_seconds.labels(name)
+                self.tries.setdefault((name, outcome), 0)
+            self.handler_seconds.setdefault(name, _Histogram(_HANDLER_BUCKETS))
 
     def handler_try(self, handler: str, outcome: str, seconds: float | None) -> None:
         """A handler try's outcome was recorded; `seconds` is how long the handler ran (None: it did not run)."""
-        self._tries.labels(handler, outcome).inc()
+        key = (handler, outcome)
+        self.tries[key] = self.tries.get(key, 0) + 1
         if seconds is not None:
-            self._handler_seconds.labels(handler).observe(seconds)
+            histogram = self.handler_seconds.get(handler)
+            if histogram is None:
+                histogram = self.handler_seconds[handler] = _Histogram(_HANDLER_BUCKETS)
+            histogram.observe(seconds)
 
     # -- read on scrape --------------------------------------------------------------------
 
@@ -156,39 +159,59 @@ class Metrics:
         newest: int | None = None
         try:
             backlog = await store.backlog(now=time.time())
-            if self._state.stream.clients:
+            if self._collector.stream.clients:
                 _, newest = await store.seq_bounds()
         except StoreUnavailable as e:
             # The counters still matter most then (store_unavailable answers): serve them, leave the gauges out.
             log.warning("metrics: could not read the backlog from the store, so its gauges are left out: %s", e)
         # Set and written with no await between: a concurrent scrape cannot swap the snapshot meanwhile.
-        self._state.backlog, self._state.newest, self._state.now = backlog, newest, time.time()
-        return Response(generate_latest(_Exported(self.registry)), media_type=CONTENT_TYPE)
+        self._collector.backlog, self._collector.newest, self._collector.now = backlog, newest, time.time()
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
 
 
-class _Exported(Collector):
-    """The registry's series without the `_created` samples prometheus-client adds to counters and histograms:
-    the series are exactly the public ones (turning them off in the library would be process-wide)."""
+class _Collector(Collector):
+    """Every series at a scrape: the counts as they are, the store's backlog (read by the endpoint just before)
+    and the streams."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterable[Metric]:
-        for metric in self._registry.collect():  # each collect() builds fresh Metric objects: ours to trim
-            metric.samples = [sample for sample in metric.samples if not sample.name.endswith("_created")]
-            yield metric
-
-
-class _StateCollector(Collector):
-    """The gauges read on scrape: the store's backlog (set by the endpoint just before) and the streams."""
-
-    def __init__(self, stream: EventStream) -> None:
+    def __init__(self, metrics: Metrics, stream: EventStream) -> None:
+        self.metrics = metrics
         self.stream = stream
         self.backlog: Backlog | None = None
         self.newest: int | None = None
         self.now = 0.0
 
     def collect(self) -> Iterable[Metric]:
+        metrics = self.metrics
+        received = CounterMetricFamily(
+            "montra_webhooks_received",
+            "Webhook requests answered, by outcome: stored, duplicate, or the rejection's error code.",
+            labels=["outcome"],
+        )
+        for outcome, count in list(metrics.received.items()):
+            received.add_metric([outcome], count)
+        yield received
+        yield _histogram(
+            "montra_webhooks_ack_seconds",
+            "Seconds from a webhook request's start to its 2xx answer (after the durable commit).",
+            metrics.ack,
+        )
+        yield _histogram(
+            "montra_group_commit_batch_size",
+            "Writes committed together in one transaction (one fsync).",
+            metrics.batches,
+        )
+        tries = CounterMetricFamily(
+            "montra_handler_tries",
+            "Handler tries recorded by this process, by handler and outcome: succeeded, failed, timeout, dead.",
+            labels=["handler", "outcome"],
+        )
+        for (handler, outcome), count in list(metrics.tries.items()):
+            tries.add_metric([handler, outcome], count)
+        yield tries
+        seconds = HistogramMetricFamily("montra_handler_seconds", "Seconds a handler try took.", labels=["handler"])
+        for handler, histogram in list(metrics.handler_seconds.items()):
+            seconds.add_metric([handler], histogram.buckets(), histogram.sum)
+        yield seconds
         if self.backlog is not None:
             runs = GaugeMetricFamily(
                 "montra_runs",
@@ -215,3 +238,7 @@ class _StateCollector(Collector):
 
     def describe(self) -> Sequence[Metric]:
         return []  # nothing to check for clashes: the registry is this app's own
+
+
+def _histogram(name: str, documentation: str, histogram: _Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=histogram.buckets(), sum_value=histogram.sum)

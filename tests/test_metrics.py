@@ -333,3 +333,25 @@ def test_postgres_backlog_has_an_index_for_every_part(postgres_url: str) -> None
         plan = "\n".join(str(row[0]) for row in conn.execute(f"EXPLAIN {_BACKLOG}"))
     assert "Seq Scan" not in plan, plan
     assert "handler_runs_backlog" in plan and "handler_runs_waiting" in plan, plan
+
+
+def test_histogram_buckets_are_cumulative_and_a_bound_counts_in_its_own_bucket() -> None:
+    from prometheus_client import generate_latest
+
+    from receiver.metrics import Metrics
+    from receiver.stream import EventStream
+
+    metrics = Metrics(store=lambda: None, stream=EventStream(lambda: None, token=None))  # type: ignore[arg-type,return-value]
+    for size in (1, 1, 2, 3, 2000):
+        metrics.committed(size)
+    samples = parse(generate_latest(metrics.registry).decode())
+    buckets = by(samples, "montra_group_commit_batch_size_bucket", "le")
+    assert buckets == {
+        "1.0": 2.0,
+        "2.0": 3.0,
+        "4.0": 4.0,
+        **{le: 4.0 for le in ("8.0", "16.0", "32.0", "64.0", "128.0", "256.0", "512.0", "1024.0")},
+        "+Inf": 5.0,
+    }
+    assert samples["montra_group_commit_batch_size_count"] == {(): 5.0}
+    assert samples["montra_group_commit_batch_size_sum"] == {(): 2007.0}
