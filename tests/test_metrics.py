@@ -300,7 +300,8 @@ def test_store_backlog_counts_by_status_and_finds_the_oldest_due_run(store_url: 
     empty, backlog, earlier = run_store(store_url, work)
     assert (dict(empty.runs), empty.oldest_due) == ({"pending": 0, "running": 0, "failed": 0, "dead": 0}, None)
     assert dict(backlog.runs) == {"pending": 1, "running": 2, "failed": 1, "dead": 1}
-    assert backlog.oldest_due == pytest.approx(now - 390, abs=1e-5)
+    assert backlog.oldest_due is not None and backlog.oldest_due.tzinfo is not None
+    assert backlog.oldest_due.timestamp() == pytest.approx(now - 390, abs=1e-5)
     # Before the lease ran out and before any retry time came, nothing was due.
     assert earlier.oldest_due is None
 
