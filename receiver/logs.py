@@ -16,6 +16,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from .errors import ConfigurationError
+
 __all__ = ["FIELDS", "LOG_FORMATS", "JsonFormatter", "LogFormat", "log_config"]
 
 LogFormat = Literal["text", "json"]
@@ -59,7 +61,7 @@ def log_config(log_format: LogFormat, *, level: str = "INFO") -> dict[str, Any]:
     (the root logger) and uvicorn's (`uvicorn.error`, `uvicorn.access`), so in JSON every line is an object.
     """
     if log_format not in LOG_FORMATS:
-        raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}.")
+        raise ConfigurationError(f"The log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}.")
     formatter: dict[str, Any] = (
         {"()": f"{__name__}.JsonFormatter"} if log_format == "json" else {"format": _TEXT_FORMAT}
     )
