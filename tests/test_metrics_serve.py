@@ -229,13 +229,17 @@ def test_json_logs_are_one_object_per_line_uvicorns_included(serve: Any, tmp_pat
     assert SECRET not in server.output()
 
 
-def test_text_logs_stay_the_default(serve: Any) -> None:
-    server = serve("--secret", SECRET, "--db", "events.db")
+def test_text_logs_stay_the_default_and_the_token_comes_from_the_environment(serve: Any) -> None:
+    server = serve("--secret", SECRET, "--db", "events.db", env={"MONTRA_HOOKS_METRICS_TOKEN": TOKEN})
+    assert httpx.get(server.url + "/metrics", timeout=10.0).status_code == 401
+    assert scrape(server, TOKEN)["montra_webhooks_received_total"][(("outcome", "stored"),)] == 0.0
     server.terminate()
     output = server.output()
     assert output.startswith("montra-hooks: receiving on http://127.0.0.1:")
+    assert f"  metrics:  http://127.0.0.1:{server.port}/metrics, token required\n" in output
     assert "Application startup complete." in output
     assert not any(line.startswith("{") for line in output.splitlines())
+    assert TOKEN not in output
 
 
 # -- streams ----------------------------------------------------------------------------------------------------
