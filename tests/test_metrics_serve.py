@@ -24,6 +24,7 @@ from test_monitoring_docs import ALERTS, dashboard_exprs
 
 from receiver.stores.open import open_store
 from receiver.stores.protocol import Incoming
+from receiver.stream import PAGE_SIZE
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TOKEN = "metrics-token-0123456789"
@@ -246,7 +247,7 @@ def test_text_logs_stay_the_default_and_the_token_comes_from_the_environment(ser
 
 
 def test_a_stream_that_stops_reading_shows_as_lag(serve: Any, tmp_path: Path) -> None:
-    """A client that reads nothing: the first page (500 events of 16 KiB) cannot be sent, so its cursor stays."""
+    """A client that reads nothing: its socket fills, the stream's send waits, and its cursor stays behind."""
     count, body = 600, json.dumps({"type": "customer.created", "data": {"pad": "x" * 16_000}}).encode()
 
     async def fill() -> None:
@@ -272,7 +273,10 @@ def test_a_stream_that_stops_reading_shows_as_lag(serve: Any, tmp_path: Path) ->
     client.sendall(request.encode())
     try:
         samples = wait_for(lambda: (m := scrape(server))["montra_stream_clients"] == {(): 1.0} and m, "one client")
-        assert samples["montra_stream_lag_events"] == {(): float(count)}
+        # The cursor is what the client was sent: a whole number of pages. The kernel's buffers can take in more
+        # than the first page (8 MB) on some machines, never all 600 events: some lag always shows.
+        lag = samples["montra_stream_lag_events"][()]
+        assert lag in {float(count - pages * PAGE_SIZE) for pages in range(count // PAGE_SIZE + 1)}, lag
     finally:
         client.close()
     samples = wait_for(lambda: (m := scrape(server))["montra_stream_clients"] == {(): 0.0} and m, "the client gone")
