@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,9 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ServerProcess, free_port, query, signed_post
-from test_metrics import parse
-from test_monitoring_docs import ALERTS, dashboard_exprs
+from support.db import query
+from support.metrics import ALERTS, PROMETHEUS, dashboard_exprs, needs_prometheus, parse
+from support.net import free_port
+from support.server import ServerProcess
+from support.signing import signed_post
+from support.wait import wait_until
 
 from receiver.stores.open import open_store
 from receiver.stores.protocol import Incoming
@@ -29,22 +31,7 @@ from receiver.stream import PAGE_SIZE
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TOKEN = "metrics-token-0123456789"
 STREAM_TOKEN = "stream-token-0123456789"
-WAIT = 30.0
-"""Seconds a test waits for a process to reach the state it expects (Prometheus scrapes every second)."""
 GOOD = b'{"type": "customer.created", "data": {"id": "cus_1"}}'
-
-PROMETHEUS = shutil.which("prometheus")
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def scrape(server: ServerProcess, token: str | None = None) -> dict[str, Any]:
@@ -122,8 +109,6 @@ class Prometheus:
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Callable[[str, str], Prometheus]]:
-    if PROMETHEUS is None:
-        pytest.skip("prometheus is not installed (Debian's prometheus package; .ci/run installs it)")
     started: list[Prometheus] = []
 
     def start(target: str, token: str) -> Prometheus:
@@ -135,6 +120,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str, str], Prometheus]]:
         server.stop()
 
 
+@needs_prometheus
 def test_a_real_prometheus_scrapes_serve_and_reads_the_stored_count(serve: Any, prometheus: Any) -> None:
     server = serve("--secret", SECRET, "--db", "events.db", "--metrics-token", TOKEN)
     assert httpx.get(server.url + "/metrics", timeout=10.0).status_code == 401
@@ -149,8 +135,8 @@ def test_a_real_prometheus_scrapes_serve_and_reads_the_stored_count(serve: Any, 
 
     prom = prometheus(f"127.0.0.1:{server.port}", TOKEN)
     query_ = 'montra_webhooks_received_total{job="montra"}'
-    received = wait_for(
-        lambda: (v := prom.value(query_, "outcome")) and v.get("stored") == 7 and v, "the stored count in Prometheus"
+    received = wait_until(
+        lambda: prom.value(query_, "outcome"), until=lambda seen: seen.get("stored") == 7, what="7 stored in Prometheus"
     )
     assert {k: v for k, v in received.items() if v} == sent
     assert prom.value('up{job="montra"}', "job") == {"montra": 1.0}
@@ -166,7 +152,7 @@ def test_a_real_prometheus_scrapes_serve_and_reads_the_stored_count(serve: Any, 
 
     expected = [(name, "ok", "inactive") for name in ("HandlerRunsDead", "OldestDueRunLate", "WebhookRejectionSpike")]
     expected = [("Montra" + name, health, state) for name, health, state in expected]
-    wait_for(lambda: rules() == expected, f"the alert rules evaluated: {expected}")  # nothing fires here
+    wait_until(rules, until=lambda seen: seen == expected, what=f"the alert rules evaluated: {expected}")
 
 
 # -- JSON logs ---------------------------------------------------------------------------------------------------
@@ -200,10 +186,8 @@ def test_json_logs_are_one_object_per_line_uvicorns_included(serve: Any, tmp_pat
     assert signed_post(server.url + "/webhooks", GOOD, SECRET, "msg_1").json()["status"] == "stored"
     assert httpx.post(server.url + "/webhooks", content=GOOD, timeout=10.0).status_code == 400
     done = [("doomed", "dead"), ("flaky", "succeeded")]
-    wait_for(
-        lambda: query(tmp_path / "events.db", "SELECT handler, status FROM handler_runs ORDER BY handler") == done,
-        f"the runs to end as {done}",
-    )
+    runs = "SELECT handler, status FROM handler_runs ORDER BY handler"
+    wait_until(lambda: query(tmp_path / "events.db", runs), until=lambda seen: seen == done, what=f"runs {done}")
     server.terminate()  # a graceful stop: uvicorn's shutdown lines are logged too
 
     lines = [json.loads(line) for line in server.output().splitlines()]  # each line, stdout and stderr: JSON
@@ -272,12 +256,12 @@ def test_a_stream_that_stops_reading_shows_as_lag(serve: Any, tmp_path: Path) ->
     request = f"GET /stream?since=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {STREAM_TOKEN}\r\n\r\n"
     client.sendall(request.encode())
     try:
-        samples = wait_for(lambda: (m := scrape(server))["montra_stream_clients"] == {(): 1.0} and m, "one client")
+        samples = wait_until(lambda: scrape(server), until=lambda m: m["montra_stream_clients"] == {(): 1.0})
         # The cursor is what the client was sent: a whole number of pages. The kernel's buffers can take in more
         # than the first page (8 MB) on some machines, never all 600 events: some lag always shows.
         lag = samples["montra_stream_lag_events"][()]
         assert lag in {float(count - pages * PAGE_SIZE) for pages in range(count // PAGE_SIZE + 1)}, lag
     finally:
         client.close()
-    samples = wait_for(lambda: (m := scrape(server))["montra_stream_clients"] == {(): 0.0} and m, "the client gone")
+    samples = wait_until(lambda: scrape(server), until=lambda m: m["montra_stream_clients"] == {(): 0.0})
     assert samples["montra_stream_lag_events"] == {(): 0.0}

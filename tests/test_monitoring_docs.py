@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-from test_metrics import SERIES
-
-DOCS = Path(__file__).resolve().parent.parent / "docs"
-ALERTS = DOCS / "monitoring" / "alerts.yml"
-DASHBOARD = DOCS / "monitoring" / "grafana-dashboard.json"
-
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (Debian's prometheus package has it; .ci/run installs it)"
-)
+from support.metrics import ALERTS, DASHBOARD, PROMTOOL, SERIES, dashboard_exprs, needs_promtool
 
 DEAD_DESCRIPTION = (
     "A handler failed on every try (or raised NoRetry). See which with `montra-hooks events list --status dead`; "
@@ -101,24 +90,6 @@ def test_the_alerts_fire_when_they_should_and_not_before(tmp_path: Path) -> None
     spec_file.write_text(json.dumps(spec))  # JSON is YAML
     done = subprocess.run([PROMTOOL, "test", "rules", str(spec_file)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def dashboard_exprs() -> list[str]:
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "expr" and isinstance(value, str):
-                    found.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(json.loads(DASHBOARD.read_text()))
-    return found
 
 
 def test_the_dashboard_uses_exactly_the_public_series() -> None:
