@@ -72,12 +72,15 @@ _CHANNEL = "montra_events"
 """What instances LISTEN on: a batch was committed (no payload; readers read the store)."""
 
 
-# Index-only counts on handler_runs_backlog; each min() one end of a partial index (waiting, leased).
+# One scalar subquery per part, each with its own index condition: a count per status is an index-only range
+# of handler_runs_backlog; each min() is the first entry of a partial index (waiting runs, leased runs).
 _BACKLOG = (
-    "SELECT status, count(*), NULL::timestamptz FROM handler_runs "
-    "WHERE status IN ('pending', 'running', 'failed', 'dead') GROUP BY status "
-    "UNION ALL SELECT 'waiting', 0, min(next_attempt_at) FROM handler_runs WHERE status IN ('pending', 'failed') "
-    "UNION ALL SELECT 'leased', 0, min(lease_until) FROM handler_runs WHERE status = 'running'"
+    "SELECT (SELECT count(*) FROM handler_runs WHERE status = 'pending'), "
+    "(SELECT count(*) FROM handler_runs WHERE status = 'running'), "
+    "(SELECT count(*) FROM handler_runs WHERE status = 'failed'), "
+    "(SELECT count(*) FROM handler_runs WHERE status = 'dead'), "
+    "(SELECT min(next_attempt_at) FROM handler_runs WHERE status IN ('pending', 'failed')), "
+    "(SELECT min(lease_until) FROM handler_runs WHERE status = 'running')"
 )
 
 
@@ -358,10 +361,9 @@ class PostgresStore:
         self._batches.observe = observe
 
     async def backlog(self, *, now: float) -> Backlog:
-        rows = await self._fetch(_BACKLOG, ())
-        counts = {status: count for status, count, _ in rows if status not in ("waiting", "leased")}
-        times = {status: at for status, _, at in rows if status in ("waiting", "leased")}
-        return backlog_from(counts, waiting=(times.get("waiting"),), leased=times.get("leased"), now=now)
+        pending, running, failed, dead, waiting, leased = (await self._fetch(_BACKLOG, ()))[0]
+        counts = {"pending": pending, "running": running, "failed": failed, "dead": dead}
+        return backlog_from(counts, waiting=(waiting,), leased=leased, now=now)
 
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
         sql = (
