@@ -35,6 +35,7 @@ from .verify import Verifier
 
 if TYPE_CHECKING:
     from .inspector.pages import Inspector
+    from .metrics import Metrics
 
 __all__ = ["DEFAULT_MAX_BODY", "MontraApp", "create_app"]
 
@@ -84,6 +85,8 @@ def create_app(
     stream_keepalive: float = DEFAULT_KEEPALIVE,
     min_free_bytes: int | None = None,
     retain: float | timedelta | None = None,
+    metrics: bool = False,
+    metrics_token: str | None = None,
 ) -> MontraApp:
     """Build the receiver app, standalone or to mount in a Starlette or FastAPI app.
 
@@ -100,6 +103,7 @@ def create_app(
     `/healthz` answers 503 when the store's disk has less than `min_free_bytes` free (default: 64 MiB or
     4 x `max_body`, whichever is more).
     `retain` (seconds or a timedelta: `timedelta(days=30)`) prunes older events in the background, in small batches.
+    `metrics=True` (or a `metrics_token`, then required as a bearer token) serves `GET /metrics` for Prometheus.
     """
     if secrets is None:
         secrets = secrets_from_env()
@@ -133,6 +137,8 @@ def create_app(
         stream_keepalive=stream_keepalive,
         min_free_bytes=min_free_bytes if min_free_bytes is not None else max(MIN_FREE_BYTES, 4 * max_body),
         retain=keep,
+        metrics=metrics or metrics_token is not None,
+        metrics_token=metrics_token,
     )
 
 
@@ -155,6 +161,8 @@ class MontraApp:
         stream_keepalive: float = DEFAULT_KEEPALIVE,
         min_free_bytes: int = 0,
         retain: float | None = None,
+        metrics: bool = False,
+        metrics_token: str | None = None,
     ) -> None:
         self.hooks = hooks
         self.min_free_bytes = min_free_bytes
@@ -172,11 +180,17 @@ class MontraApp:
         self.stream = EventStream(lambda: self.store, token=stream_token, keepalive=stream_keepalive)
         self.inspector: Inspector | None = None
         """The `/inspect` pages when on: `inspector.login_path` is the link that logs a browser in."""
+        self.metrics: Metrics | None = None
+        if metrics:
+            from .metrics import Metrics  # imported only when on: nothing of prometheus-client loads otherwise
+
+            self.metrics = Metrics(store=lambda: self.store, stream=self.stream, token=metrics_token)
         self.router = Starlette(
             routes=[
                 Route("/", self._index, methods=["GET"]),
                 Route("/healthz", self._healthz, methods=["GET"]),
                 Route("/stream", self.stream.endpoint, methods=["GET"]),
+                *([Route("/metrics", self.metrics.endpoint, methods=["GET"])] if self.metrics else []),
                 Route(path, self._method_not_allowed, methods=["GET", "PUT", "PATCH", "DELETE"]),
                 *self._inspector_routes(inspect, inspect_token),
             ],
@@ -205,7 +219,12 @@ class MontraApp:
         store = self._db if not isinstance(self._db, str | os.PathLike) else open_store(self._db)
         # Set before the first await, so concurrent first requests share this store.
         self._store = store
-        self._dispatcher = Dispatcher(self.hooks, store, self.settings)
+        on_try = None
+        if self.metrics is not None:
+            self.metrics.handlers(self.hooks.names)
+            store.observe_batches(self.metrics.committed)
+            on_try = self.metrics.handler_try
+        self._dispatcher = Dispatcher(self.hooks, store, self.settings, on_try=on_try)
         self.stream.open()
         if self.stream.enabled:
             store.watch(self.stream.notify)  # events other instances store reach this one's streams at once
@@ -223,6 +242,8 @@ class MontraApp:
             self._retention = None
         assert self._dispatcher is not None
         await self._dispatcher.stop()
+        if self.metrics is not None:
+            self._store.observe_batches(None)
         if isinstance(self._db, str | os.PathLike):
             await self._store.close()
         self._store = self._dispatcher = None
@@ -243,6 +264,7 @@ class MontraApp:
     # -- POST /webhooks --------------------------------------------------------------------
 
     async def _receive_webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         raw_headers = scope["headers"]
         try:
             # Sized before anything is built from them: under a server without our protocol (mounted elsewhere)
@@ -261,6 +283,8 @@ class MontraApp:
         body = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status, "headers": _json_headers(body)})
         await send({"type": "http.response.body", "body": body})
+        if self.metrics is not None:
+            self.metrics.answered(status, payload.get("error") or payload["status"], started)
 
     async def _handle(
         self, scope: Scope, receive: Receive, headers: dict[str, str], conflict: tuple[str, str] | None

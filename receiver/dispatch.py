@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .errors import NoRetry, StoreUnavailable
 from .event import Event, RunStatus
-from .hooks import Hooks, Registration, is_async_callable
+from .hooks import HandlerTimeout, Hooks, Registration, is_async_callable
 from .pacing import AcknowledgementsFirst
 from .stores.protocol import PROCESS_DIED, EventFilter, Run, Store, is_takeover
 
@@ -73,15 +73,25 @@ class Outcome:
     error: str | None = None
     attempts: int | None = None
     """Tries made, when not the count the claim recorded (no try was started)."""
+    timed_out: bool = False
 
 
 class Dispatcher:
     """Runs the handlers of stored events in the background, with bounded concurrency."""
 
-    def __init__(self, hooks: Hooks, store: Store, settings: DispatchSettings | None = None) -> None:
+    def __init__(
+        self,
+        hooks: Hooks,
+        store: Store,
+        settings: DispatchSettings | None = None,
+        *,
+        on_try: Callable[[str, str, float | None], None] | None = None,
+    ) -> None:
         self.hooks = hooks
         self.store = store
         self.settings = settings or DispatchSettings()
+        self._on_try = on_try
+        """Told (handler, outcome, seconds the handler ran or None) of every outcome recorded: /metrics."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._threads = ThreadPoolExecutor(max_workers=self.settings.threads, thread_name_prefix="montra-handler")
         self._running: set[asyncio.Task[None]] = set()
@@ -317,6 +327,8 @@ class Dispatcher:
             await registration.call(event, executor=self._threads)
         except NoRetry as e:
             return Outcome("dead", _describe(e))
+        except HandlerTimeout as e:
+            return dataclasses.replace(self._failed(run, max_attempts, _describe(e)), timed_out=True)
         except BaseException as e:
             # The merchant's code: any error is this run's failure, recorded with its traceback. SystemExit and
             # KeyboardInterrupt too: raised out of a task they would stop the event loop, and the receiver with it.
@@ -352,11 +364,23 @@ class Dispatcher:
                 log.error("could not record %s on %s (%s): trying again in %.1f s", run.handler, run.event_id, e, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self.settings.lease / 3)
+        tries = outcome.attempts if outcome.attempts is not None else run.attempts
+        label = "timeout" if outcome.timed_out and outcome.status == "failed" else outcome.status
+        # For --log-format json: each of these lines carries the run it is about.
+        fields = {"event_id": run.event_id, "handler": run.handler, "attempt": tries, "outcome": label}
+        if event is not None:
+            fields["type"] = event.type
         if not held:
             log.warning(
-                "%s on %s: lease lost to another process; this outcome was not recorded", run.handler, run.event_id
+                "%s on %s: lease lost to another process; this outcome was not recorded",
+                run.handler,
+                run.event_id,
+                extra={**fields, "outcome": "lease_lost"},
             )
             return
+        if self._on_try is not None:
+            ran = event is not None and outcome.attempts is None  # otherwise it was given up without a try
+            self._on_try(run.handler, label, finished - started if ran else None)
         if outcome.status == "failed":
             log.warning(
                 "%s failed on %s (try %d): %s; next try in %.1f s",
@@ -365,11 +389,11 @@ class Dispatcher:
                 run.attempts,
                 _last_line(outcome.error),
                 (next_attempt or finished) - finished,
+                extra=fields,
             )
         elif outcome.status == "dead":
             last_line = _last_line(outcome.error)
-            tries = outcome.attempts if outcome.attempts is not None else run.attempts
-            log.error("%s gave up on %s after %d tries: %s", run.handler, run.event_id, tries, last_line)
+            log.error("%s gave up on %s after %d tries: %s", run.handler, run.event_id, tries, last_line, extra=fields)
             if event is not None:
                 await self._on_dead(event, run.handler, outcome.error or "")
 
@@ -386,7 +410,8 @@ class Dispatcher:
             except BaseException as e:  # one broken alert must not stop the others, nor (sys.exit) the receiver
                 if _own_cancellation(e):
                     raise
-                log.exception("on_dead callback %r failed", callback)
+                fields = {"event_id": event.id, "type": event.type, "handler": handler, "outcome": "dead"}
+                log.exception("on_dead callback %r failed", callback, extra=fields)
 
 
 def _own_cancellation(error: BaseException) -> bool:

@@ -300,8 +300,12 @@ def run_server(
     limits: Limits | None = None,
     access_log: bool = False,
     timeout_graceful_shutdown: int = 10,
+    log_config: dict[str, Any] | None = None,
 ) -> None:
-    """Serve `app` under uvicorn (httptools) with `limits` until SIGINT or SIGTERM."""
+    """Serve `app` under uvicorn (httptools) with `limits` until SIGINT or SIGTERM.
+
+    `log_config` is a `logging.config.dictConfig` for uvicorn's loggers (default: uvicorn's own).
+    """
     limits = limits or Limits()
     raise_descriptor_limit()
     config = uvicorn.Config(
@@ -315,5 +319,6 @@ def run_server(
         limit_concurrency=limits.max_connections,
         timeout_keep_alive=max(1, round(limits.keep_alive)),
         timeout_graceful_shutdown=timeout_graceful_shutdown,
+        log_config=log_config or uvicorn.config.LOGGING_CONFIG,
     )
     _Server(config).run()

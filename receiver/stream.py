@@ -70,7 +70,7 @@ class EventStream:
         self.keepalive = keepalive
         self.poll = POLL_INTERVAL
         self._wakeup: asyncio.Event | None = None
-        self._open_streams = 0
+        self._clients: set[_StreamResponse] = set()
         self._exit_watch: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -78,6 +78,15 @@ class EventStream:
     def enabled(self) -> bool:
         """Whether `GET /stream` is on (it has a token)."""
         return self._token is not None
+
+    @property
+    def clients(self) -> int:
+        """Streams open now (`montra_stream_clients`)."""
+        return len(self._clients)
+
+    def slowest_cursor(self) -> int | None:
+        """The lowest seq an open stream has been sent up to, or None with no stream open."""
+        return min((client.cursor for client in self._clients), default=None)
 
     def open(self) -> None:
         """Start afresh (a new lifespan, maybe on a new event loop)."""
@@ -110,7 +119,7 @@ class EventStream:
     async def _watch_exit(self) -> None:
         # One watcher for all streams: a stream waiting for events learns of the exit within 0.1 s.
         # (A client that stopped reading leaves unsent bytes that uvicorn waits for: `serve` bounds that wait.)
-        while self._open_streams and not self.closed:
+        while self._clients and not self.closed:
             if _uvicorn_exiting():
                 self.close()
                 return
@@ -172,12 +181,12 @@ class _StreamResponse(Response):
                 await work()
                 group.cancel_scope.cancel()
 
-            self.stream._open_streams += 1
+            self.stream._clients.add(self)
             try:
                 group.start_soon(run, lambda: self._stream(send))
                 await run(lambda: _wait_for_disconnect(receive))
             finally:
-                self.stream._open_streams -= 1
+                self.stream._clients.discard(self)
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -203,6 +212,7 @@ class _StreamResponse(Response):
             await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             out.clear()
             last_write = time.monotonic()
+            self.cursor = cursor  # what this client has been sent, for montra_stream_lag_events
 
         while not stream._stopping():
             # Take the wake-up before reading: an event stored during the read then wakes the next wait.

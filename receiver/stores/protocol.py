@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from ..event import EventStatus, RunStatus
 
 __all__ = [
+    "BACKLOG_STATUSES",
     "MAX_MERGED_TYPES",
     "MAX_REJECTIONS",
     "PROCESS_DIED",
@@ -24,12 +25,14 @@ __all__ = [
     "REJECTED_BODY_BYTES",
     "SENSITIVE_HEADERS",
     "TAKEOVER_NOTE",
+    "Backlog",
     "EventFilter",
     "Incoming",
     "IngestResult",
     "Run",
     "Store",
     "StoredEvent",
+    "backlog_from",
     "distinct_types_sql",
     "is_takeover",
     "iso",
@@ -181,6 +184,32 @@ class EventFilter:
     newest_first: bool = False
 
 
+BACKLOG_STATUSES = ("pending", "running", "failed", "dead")
+"""The run statuses `Store.backlog` counts: work not done (the succeeded history is never read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The dispatcher's work left, as `/metrics` reports it."""
+
+    runs: Mapping[str, int]
+    """Runs by status, every one of BACKLOG_STATUSES (0 when none)."""
+    oldest_due: datetime | None
+    """Since when the longest-waiting due run has been due (its retry time came, or its lease expired);
+    None when no run is due."""
+
+
+def backlog_from(
+    counts: Mapping[str, int], *, waiting: Sequence[datetime | None], leased: datetime | None, now: float
+) -> Backlog:
+    """A Backlog from what a backend read: counts by status, the earliest `next_attempt_at` of waiting runs
+    and the earliest `lease_until` of running ones (None for none)."""
+    due = [t for t in waiting if t is not None and t.timestamp() <= now]
+    if leased is not None and leased.timestamp() < now:  # its process stopped renewing it: to be taken over
+        due.append(leased)
+    return Backlog({status: counts.get(status, 0) for status in BACKLOG_STATUSES}, min(due, default=None))
+
+
 class Store(Protocol):
     """The store interface. Every write is durable when its coroutine returns.
 
@@ -210,6 +239,14 @@ class Store(Protocol):
 
     def watch(self, on_stored: Callable[[], None]) -> None:
         """Call `on_stored` when another process stores events (readers also poll: this only makes it sooner)."""
+        ...
+
+    def observe_batches(self, observe: Callable[[int], None] | None) -> None:
+        """Call `observe(n)` after each group commit with the n writes it committed together (None: stop)."""
+        ...
+
+    async def backlog(self, *, now: float) -> Backlog:
+        """Runs by status and the oldest due run, for `/metrics`: index-bounded, as cheap on a million runs."""
         ...
 
     # Dispatching: runs are claimed with a lease, and only the lease holder records an outcome.

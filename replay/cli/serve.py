@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import logging.config
 import shlex
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import click
 
@@ -14,6 +15,7 @@ from receiver.command import command_name
 from receiver.dev_secret import DEV_SECRET_FILE, load_or_create_dev_secret, secrets_from_env
 from receiver.errors import ConfigurationError
 from receiver.hooks import Hooks
+from receiver.logs import LOG_FORMATS, log_config
 from receiver.loopback import is_loopback
 from receiver.stores.open import DEFAULT_DB, prepare_store, redact_url
 
@@ -75,6 +77,20 @@ __all__ = ["PortInUse", "check_port", "serve"]
     "--retain", type=DURATION, metavar="DURATION", help="Prune events older than this in the background, e.g. 30d."
 )
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs throughput).")
+@click.option("--metrics", is_flag=True, help="Serve GET /metrics for Prometheus.")
+@click.option(
+    "--metrics-token",
+    envvar="MONTRA_HOOKS_METRICS_TOKEN",
+    metavar="T",
+    help="Serve GET /metrics behind this bearer token (env MONTRA_HOOKS_METRICS_TOKEN).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line (uvicorn's lines too), with event_id, handler, attempt, outcome.",
+)
 def serve(
     app_spec: str | None,
     db: str,
@@ -95,6 +111,9 @@ def serve(
     body_timeout: float,
     retain: float | None,
     access_log: bool,
+    metrics: bool,
+    metrics_token: str | None,
+    log_format: str,
 ) -> None:
     """Run the receiver.
 
@@ -147,33 +166,57 @@ def serve(
             lease=lease,
             stream_token=stream_token or None,
             retain=retain,
+            metrics=metrics,
+            metrics_token=metrics_token or None,
         )
     except ConfigurationError as e:
         raise click.UsageError(str(e)) from e
+    # In JSON every line is an object, the banner's too: it goes through the same logging as the rest.
+    logging_config = log_config("json") if log_format == "json" else None
+    if logging_config is not None:
+        logging.config.dictConfig(logging_config)
+    say: Callable[[str], None] = logging.getLogger("montra.serve").info if logging_config else click.echo
     shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"montra-hooks: receiving on http://{shown_host}:{port}{path}")
-    click.echo(f"  store:    {redact_url(db)}")
-    click.echo(f"  secret:   {secret_note}")
-    click.echo(f"  handlers: {', '.join(hooks.names) or 'none (events are stored, not dispatched)'}")
-    click.echo("  stream:   " + ("GET /stream, token required" if stream_token else "off (--stream-token turns it on)"))
+    say(f"montra-hooks: receiving on http://{shown_host}:{port}{path}")
+    say(f"  store:    {redact_url(db)}")
+    say(f"  secret:   {secret_note}")
+    say(f"  handlers: {', '.join(hooks.names) or 'none (events are stored, not dispatched)'}")
+    say("  stream:   " + ("GET /stream, token required" if stream_token else "off (--stream-token turns it on)"))
     if app.inspector is not None and app.inspector.token_file is None:
-        click.echo(f"  inspect:  http://{shown_host}:{port}/inspect (log in with the --inspect-token)")
+        say(f"  inspect:  http://{shown_host}:{port}/inspect (log in with the --inspect-token)")
     elif app.inspector is not None:
         # As Jupyter does: the link holds the token, so opening it is the login (this machine only).
         login = f"http://{shown_host}:{port}{app.inspector.login_path}"
-        click.echo(f"  inspect:  {login} (this machine only; token in {app.inspector.token_file})")
-    click.echo("  delivery to handlers is at least once: make them idempotent on event.id")
+        say(f"  inspect:  {login} (this machine only; token in {app.inspector.token_file})")
+    if app.metrics is not None:
+        if metrics_token:
+            access = ", token required"
+        elif is_loopback(host):
+            access = ""
+        else:  # counts and handler names only, but say so: --metrics-token closes it
+            access = ", open to whoever reaches this port (--metrics-token T requires a bearer token)"
+        say(f"  metrics:  http://{shown_host}:{port}/metrics{access}")
+    say("  delivery to handlers is at least once: make them idempotent on event.id")
     command = command_name()  # as the shell finds it: from `make run` it is not on PATH
     target = f"http://{shown_host}:{port}{path}"
     to = "" if target == DEFAULT_TO else f" --to {target}"
     listing = f"{command} events list" + ("" if db == DEFAULT_DB else f" --db {shlex.quote(redact_url(db))}")
-    click.echo(f"Next, in another terminal: {command} trigger subscription.upgraded{to} && {listing}")
-    # uvicorn configures its own loggers only: show the dispatcher's and the handlers' too, as uvicorn shows its.
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
+    say(f"Next, in another terminal: {command} trigger subscription.upgraded{to} && {listing}")
+    if logging_config is None:
+        # uvicorn configures its own loggers only: show the dispatcher's and the handlers' too, as uvicorn shows its.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     # Open streams end by themselves on SIGTERM, but a client that stopped reading holds its socket's
     # unsent bytes, and uvicorn would wait for them forever: the graceful shutdown gets 10 s.
     limits = Limits(max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout)
-    run_server(app, host=host, port=port, limits=limits, access_log=access_log, timeout_graceful_shutdown=10)
+    run_server(
+        app,
+        host=host,
+        port=port,
+        limits=limits,
+        access_log=access_log,
+        timeout_graceful_shutdown=10,
+        log_config=logging_config,
+    )
 
 
 class PortInUse(click.ClickException):

@@ -31,6 +31,8 @@ class Batches:
         self._pending: list[tuple[Incoming, asyncio.Future[IngestResult]]] = []
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.observe: Callable[[int], None] | None = None
+        """Called with each committed batch's size (`Store.observe_batches`)."""
 
     async def ingest(self, incoming: Incoming) -> IngestResult:
         if self._closed:
@@ -63,6 +65,8 @@ class Batches:
                 if not future.done():
                     future.set_exception(error)
             return
+        if self.observe is not None:
+            self.observe(len(batch))
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

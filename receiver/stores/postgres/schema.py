@@ -148,6 +148,12 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE events ALTER COLUMN type TYPE text COLLATE "C";
     """,
+    # 3: /metrics counts runs by status on every scrape: an index-only count of the unfinished ones
+    # (partial, so the succeeded history neither grows it nor is read).
+    """
+    CREATE INDEX handler_runs_backlog ON handler_runs (status)
+        WHERE status IN ('pending', 'running', 'failed', 'dead');
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

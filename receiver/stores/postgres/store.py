@@ -35,11 +35,13 @@ from ..open import redact_url
 from ..protocol import (
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
+    Backlog,
     EventFilter,
     Incoming,
     IngestResult,
     Run,
     StoredEvent,
+    backlog_from,
     distinct_types_sql,
     iter_pages,
     redact,
@@ -68,6 +70,18 @@ MAX_PENDING_REJECTIONS = 100
 
 _CHANNEL = "montra_events"
 """What instances LISTEN on: a batch was committed (no payload; readers read the store)."""
+
+
+# One scalar subquery per part, each with its own index condition: a count per status is an index-only range
+# of handler_runs_backlog; each min() is the first entry of a partial index (waiting runs, leased runs).
+_BACKLOG = (
+    "SELECT (SELECT count(*) FROM handler_runs WHERE status = 'pending'), "
+    "(SELECT count(*) FROM handler_runs WHERE status = 'running'), "
+    "(SELECT count(*) FROM handler_runs WHERE status = 'failed'), "
+    "(SELECT count(*) FROM handler_runs WHERE status = 'dead'), "
+    "(SELECT min(next_attempt_at) FROM handler_runs WHERE status IN ('pending', 'failed')), "
+    "(SELECT min(lease_until) FROM handler_runs WHERE status = 'running')"
+)
 
 
 class PostgresStore:
@@ -342,6 +356,14 @@ class PostgresStore:
             await self._execute(f"NOTIFY {_CHANNEL}", ())
         except StoreUnavailable as e:
             log.warning("could not notify other instances (their streams poll): %s", e)
+
+    def observe_batches(self, observe: Callable[[int], None] | None) -> None:
+        self._batches.observe = observe
+
+    async def backlog(self, *, now: float) -> Backlog:
+        pending, running, failed, dead, waiting, leased = (await self._fetch(_BACKLOG, ()))[0]
+        counts = {"pending": pending, "running": running, "failed": failed, "dead": dead}
+        return backlog_from(counts, waiting=(waiting,), leased=leased, now=now)
 
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
         sql = (

@@ -48,6 +48,8 @@ class GroupCommit:
         self._task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="montra-commit")
         self._closed = False
+        self.observe: Callable[[int], None] | None = None
+        """Called with each committed batch's size (`Store.observe_batches`)."""
 
     async def run(self, op: Op[T], *, off_loop: bool = False) -> T:
         """Run `op(conn)` in the next batch; return its result once the batch is durably committed.
@@ -109,6 +111,8 @@ class GroupCommit:
                     error.__cause__ = e
                     future.set_exception(error)
             return
+        if self.observe is not None:
+            self.observe(len(batch))
         for (_, future, _), result in zip(batch, results, strict=True):
             if future is not None and not future.done():
                 future.set_result(result)

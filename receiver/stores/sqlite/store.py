@@ -26,11 +26,13 @@ from ..protocol import (
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
     TAKEOVER_NOTE,
+    Backlog,
     EventFilter,
     Incoming,
     IngestResult,
     Run,
     StoredEvent,
+    backlog_from,
     distinct_types_sql,
     iso,
     iter_pages,
@@ -76,6 +78,16 @@ _DUE = (
     "SELECT run FROM (SELECT rowid AS run, next_attempt_at AS due FROM handler_runs WHERE handler IN ({names}) "
     "AND status IN ('pending', 'failed') AND next_attempt_at <= ? UNION ALL SELECT rowid, next_attempt_at "
     "FROM handler_runs WHERE handler IN ({names}) AND status = 'running' AND lease_until < ? ORDER BY due LIMIT ?)"
+)
+# Each a range of the (status, next_attempt_at) index: counting never reads the succeeded history, and a
+# min() stops at the first entry. Only running runs' leases are read from the table (as many as run now).
+_BACKLOG_COUNTS = (
+    "SELECT status, count(*) FROM handler_runs WHERE status IN ('pending', 'running', 'failed', 'dead') GROUP BY status"
+)
+_BACKLOG_OLDEST = (
+    "SELECT (SELECT min(next_attempt_at) FROM handler_runs WHERE status = 'pending'), "
+    "(SELECT min(next_attempt_at) FROM handler_runs WHERE status = 'failed'), "
+    "(SELECT min(lease_until) FROM handler_runs WHERE status = 'running')"
 )
 _UNFINISHED = "event_id = ? AND (status IN ('pending', 'failed', 'dead') OR (status = 'running' AND lease_until < ?))"
 
@@ -364,6 +376,19 @@ class SQLiteStore:
 
     def watch(self, on_stored: Callable[[], None]) -> None:
         """SQLite has no cross-process notification: the stream's poll finds other processes' events."""
+
+    def observe_batches(self, observe: Callable[[int], None] | None) -> None:
+        self._commits.observe = observe
+
+    async def backlog(self, *, now: float) -> Backlog:
+        def op(conn: sqlite3.Connection) -> Backlog:
+            counts = dict(conn.execute(_BACKLOG_COUNTS).fetchall())
+            # Three values, not SQL's min(a, b, c), which is NULL when one of them is.
+            pending, failed, leased = conn.execute(_BACKLOG_OLDEST).fetchone()
+            waiting = (parse_iso(pending), parse_iso(failed))
+            return backlog_from(counts, waiting=waiting, leased=parse_iso(leased), now=now)
+
+        return await self._read(op)
 
     async def orphaned_runs(self, handlers: Sequence[str]) -> dict[str, int]:
         names = ", ".join("?" * len(handlers))
