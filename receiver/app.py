@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from .dev_secret import secrets_from_env
 from .dispatch import Dispatcher, DispatchSettings
 from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, VerificationError
-from .event import parse_envelope
+from .event import parse_envelope, resource_refs
 from .hooks import Hooks
 from .stores.open import DEFAULT_DB, open_store
 from .stores.protocol import Incoming, Store
@@ -281,6 +281,7 @@ class MontraApp:
             headers=headers,
             body=body,
             handlers=[r.name for r in self.hooks.handlers_for(event_type)],
+            refs=resource_refs(event_type, envelope.get("data")),
         )
         store, dispatcher = self.store, self._dispatcher
         assert dispatcher is not None

@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import NoRetry, StoreUnavailable
-from .event import Event, RunStatus
-from .hooks import Hooks, Registration, is_async_callable
+from .event import AttemptOutcome, Event, RunStatus
+from .hooks import HandlerTimeout, Hooks, Registration, is_async_callable
 from .pacing import AcknowledgementsFirst
 from .stores.protocol import PROCESS_DIED, EventFilter, Run, Store, is_takeover
 
@@ -73,6 +73,8 @@ class Outcome:
     error: str | None = None
     attempts: int | None = None
     """Tries made, when not the count the claim recorded (no try was started)."""
+    tried: AttemptOutcome | None = None
+    """How the try ended, when the status does not say (`timeout`)."""
 
 
 class Dispatcher:
@@ -322,7 +324,10 @@ class Dispatcher:
             # KeyboardInterrupt too: raised out of a task they would stop the event loop, and the receiver with it.
             if _own_cancellation(e):  # our shutdown (stop) interrupting the handler: that must still cancel
                 raise
-            return self._failed(run, max_attempts, _describe(e))
+            failed = self._failed(run, max_attempts, _describe(e))
+            # A timeout that leaves tries is recorded as one; the last try's row says `dead`, as its run does.
+            timed_out = isinstance(e, HandlerTimeout) and failed.status == "failed"
+            return dataclasses.replace(failed, tried="timeout") if timed_out else failed
         return Outcome("succeeded")
 
     def _failed(self, run: Run, max_attempts: int, error: str) -> Outcome:
@@ -346,6 +351,7 @@ class Dispatcher:
                     finished_at=finished,
                     duration_ms=round((finished - started) * 1000, 3),
                     attempts=outcome.attempts,
+                    outcome=outcome.tried,
                 )
                 break
             except StoreUnavailable as e:  # the store cannot write now: keep the lease and the outcome, try again

@@ -142,6 +142,34 @@ _MIGRATIONS: list[str] = [
     CREATE TRIGGER handler_runs_deleted AFTER DELETE ON handler_runs
         REFERENCING OLD TABLE AS old_runs FOR EACH STATEMENT EXECUTE FUNCTION montra_runs_changed();
     """,
+    # Attempt history and resource references (issue 14): self-contained, existing rows kept.
+    # `handler_attempts` has its own id: a re-queued dead run counts its tries from 1 again.
+    # `event_refs` rows for events stored before this step are not backfilled (their bodies are not re-read).
+    """
+    CREATE TABLE handler_attempts (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        event_id text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        handler text NOT NULL,
+        attempt integer NOT NULL,
+        owner text,
+        started_at timestamptz,
+        finished_at timestamptz,
+        duration_ms double precision,
+        outcome text NOT NULL,
+        error text
+    );
+    CREATE INDEX handler_attempts_event ON handler_attempts (event_id, handler, id);
+
+    CREATE TABLE event_refs (
+        seq bigint NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
+        kind text NOT NULL,
+        ref text NOT NULL,
+        PRIMARY KEY (seq, kind, ref)
+    );
+    CREATE INDEX event_refs_kind ON event_refs (kind, ref, seq);
+    -- `--ref cus_...` names no kind: this index answers a bare id.
+    CREATE INDEX event_refs_ref ON event_refs (ref, seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

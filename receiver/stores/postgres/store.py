@@ -30,23 +30,27 @@ import psycopg
 import psycopg_pool
 
 from ...errors import ConfigurationError, StoreUnavailable
-from ...event import RunStatus
+from ...event import AttemptOutcome, RunStatus
 from ..open import redact_url
 from ..protocol import (
+    ATTEMPT_COLUMNS,
+    ATTEMPT_OUTCOME,
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
+    Attempt,
     EventFilter,
     Incoming,
     IngestResult,
     Run,
     StoredEvent,
+    count_events_sql,
     iter_pages,
     redact,
     select_events_sql,
 )
 from .batches import Batches
 from .schema import check_schema, migrate
-from .sql import EVENT_COLUMNS, INGEST, PRUNE, RUN_COLUMNS, claim_sql
+from .sql import EVENT_COLUMNS, FINISH, INGEST, PRUNE, RUN_COLUMNS, claim_sql
 
 __all__ = ["POOL_SIZE", "PostgresStore"]
 
@@ -114,6 +118,9 @@ class PostgresStore:
             "run_ids": [item.id for item, _ in firsts.values() for _ in item.handlers],
             "run_handlers": [name for item, _ in firsts.values() for name in item.handlers],
             "run_due": [at for item, at in firsts.values() for _ in item.handlers],
+            "ref_ids": [item.id for item, _ in firsts.values() for _ in item.refs],
+            "ref_kinds": [kind for item, _ in firsts.values() for kind, _ in item.refs],
+            "ref_values": [ref for item, _ in firsts.values() for _, ref in item.refs],
             "now": _time(time.time()),
         }
         async with self._connection() as conn:  # autocommit: the statement commits before it answers
@@ -194,15 +201,23 @@ class PostgresStore:
         finished_at: float,
         duration_ms: float,
         attempts: int | None = None,
+        outcome: AttemptOutcome | None = None,
     ) -> bool:
-        sql = (
-            "UPDATE handler_runs SET status = %s, last_error = %s, next_attempt_at = %s, lease_owner = NULL, "
-            "lease_until = NULL, finished_at = %s, duration_ms = %s, attempts = coalesce(%s, attempts) "
-            "WHERE event_id = %s AND handler = %s AND lease_owner = %s AND status = 'running'"
-        )
-        due = _time(next_attempt_at) if next_attempt_at is not None else None
-        params = (status, error, due, _time(finished_at), duration_ms, attempts, event_id, handler, owner)
-        return await self._execute(sql, params) == 1
+        params = {
+            "status": status,
+            "error": error,
+            "due": _time(next_attempt_at) if next_attempt_at is not None else None,
+            "finished": _time(finished_at),
+            "duration": duration_ms,
+            "attempts": attempts,
+            "event_id": event_id,
+            "handler": handler,
+            "owner": owner,
+            "outcome": outcome or ATTEMPT_OUTCOME.get(status, "failed"),
+            "record": attempts is None,
+        }
+        [(count,)] = await self._fetch(FINISH, params)
+        return bool(count == 1)
 
     async def release(self, *, owner: str) -> int:
         sql = (
@@ -246,9 +261,25 @@ class PostgresStore:
         sql = f'SELECT {RUN_COLUMNS} FROM handler_runs WHERE event_id = %s ORDER BY handler COLLATE "C"'
         return [_run(row) for row in await self._fetch(sql, (event_id,))]
 
+    async def get_attempts(self, event_id: str) -> list[Attempt]:
+        sql = f'SELECT {ATTEMPT_COLUMNS} FROM handler_attempts WHERE event_id = %s ORDER BY handler COLLATE "C", id'
+        return [Attempt(*row) for row in await self._fetch(sql, (event_id,))]
+
+    async def get_refs(self, event_id: str) -> list[tuple[str, str]]:
+        sql = (
+            "SELECT kind, ref FROM event_refs WHERE seq = (SELECT seq FROM events WHERE id = %s) "
+            'ORDER BY kind COLLATE "C", ref COLLATE "C"'
+        )
+        return [(kind, ref) for kind, ref in await self._fetch(sql, (event_id,))]
+
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         sql, params = select_events_sql(selection, columns=EVENT_COLUMNS, mark="%s", time=lambda moment: moment)
         return [_event(row) for row in await self._fetch(sql, params)]
+
+    async def count_events(self, selection: EventFilter, *, cap: int) -> int:
+        sql, params = count_events_sql(selection, cap=cap, mark="%s", time=lambda moment: moment)
+        [(count,)] = await self._fetch(sql, params)
+        return int(count)
 
     def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
         return iter_pages(self, selection, page=page)

@@ -77,6 +77,34 @@ _MIGRATIONS: list[str] = [
         {_EVENT_STATUS.format(row="OLD")}
     END;
     """,
+    # Attempt history and resource references (issue 14): self-contained, existing rows kept.
+    # `handler_attempts` has its own id: a re-queued dead run counts its tries from 1 again.
+    # `event_refs` rows for events stored before this step are not backfilled (their bodies are not re-read).
+    """
+    CREATE TABLE handler_attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        handler TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        owner TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        duration_ms REAL,
+        outcome TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX handler_attempts_event ON handler_attempts (event_id, handler, id);
+
+    CREATE TABLE event_refs (
+        seq INTEGER NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        PRIMARY KEY (seq, kind, ref)
+    ) WITHOUT ROWID;
+    CREATE INDEX event_refs_kind ON event_refs (kind, ref, seq);
+    -- `--ref cus_...` names no kind: this index answers a bare id.
+    CREATE INDEX event_refs_ref ON event_refs (ref, seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
