@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+from support.db import query
 from test_store_contract import finish, incoming, moment, now, run, table
 
 from receiver.event import Event, resource_refs
 from receiver.stores.open import is_postgres_url, open_store
 from receiver.stores.postgres import schema as pg_schema
-from receiver.stores.protocol import PROCESS_DIED, Attempt, EventFilter, Incoming, Store
+from receiver.stores.protocol import (
+    PROCESS_DIED,
+    Attempt,
+    EventFilter,
+    Incoming,
+    Store,
+    count_events_sql,
+    iso,
+    select_events_sql,
+)
 from receiver.stores.sqlite import schema as sqlite_schema
 
 
@@ -243,3 +255,28 @@ def test_a_readonly_store_reads_history(store_url: str) -> None:
             await store.close()
 
     assert asyncio.run(read()) == ([], 1)
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        EventFilter(ref="cus_1", newest_first=True, limit=20),
+        EventFilter(handler="billing.on_paid", newest_first=True, limit=20),
+        EventFilter(ref="cus_1", types=["customer.*"], status=["dead"], limit=20),
+    ],
+    ids=["ref", "handler", "ref-type-status"],
+)
+def test_history_queries_search_an_index_and_scan_no_table(tmp_path: Path, selection: EventFilter) -> None:
+    db = tmp_path / "events.db"
+    run(str(db), lambda store: asyncio.sleep(0))
+    listing = select_events_sql(selection, columns="seq", mark="?", time=iso)
+    counting = count_events_sql(selection, cap=1000, mark="?", time=iso)
+    reads = [
+        ("SELECT * FROM handler_attempts WHERE event_id = ? ORDER BY handler, id", ["evt_1"]),
+        ("SELECT kind, ref FROM event_refs WHERE seq = (SELECT seq FROM events WHERE id = ?)", ["evt_1"]),
+    ]
+    for sql, params in [listing, counting, *reads]:
+        plan = [row[-1] for row in query(db, "EXPLAIN QUERY PLAN " + sql, tuple(params))]
+        tables = [step for step in plan if step.startswith("SCAN") and step != "SCAN matching"]
+        assert tables == [], (sql, plan)
+        assert any(step.startswith("SEARCH") for step in plan), plan
