@@ -311,7 +311,15 @@ class MontraApp:
     ) -> tuple[int, dict[str, Any]]:
         client = scope.get("client")
         with contextlib.suppress(StoreUnavailable):  # diagnosis is best effort; the answer is what matters
-            self.store.reject(reason=code, remote=client[0] if client else None, headers=headers, body=body)
+            self.store.reject(
+                reason=code,
+                remote=client[0] if client else None,
+                headers=headers,
+                body=body,
+                message=message,
+                # What `montra-hooks rejections` needs to explain it in words; counts only, never a secret.
+                detail={"secrets": self.verifier.key_count, "tolerance": self.verifier.tolerance},
+            )
         return status, {"error": code, "message": message}
 
     async def rerun(self, event_id: str, *, handler: str | None = None) -> int:

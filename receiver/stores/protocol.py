@@ -24,12 +24,14 @@ __all__ = [
     "PROCESS_DIED",
     "REDACTED",
     "REJECTED_BODY_BYTES",
+    "REJECTION_COLUMNS",
     "SENSITIVE_HEADERS",
     "TAKEOVER_NOTE",
     "Attempt",
     "EventFilter",
     "Incoming",
     "IngestResult",
+    "Rejection",
     "Run",
     "Store",
     "StoredEvent",
@@ -151,6 +153,27 @@ class Run:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejection:
+    """A row of `rejections`: a refused request, kept for diagnosis (the newest MAX_REJECTIONS)."""
+
+    id: int
+    received_at: datetime
+    reason: str
+    """The error code the sender got (`invalid_signature`, ...)."""
+    remote: str | None
+    headers: dict[str, str]
+    body: bytes
+    """At most REJECTED_BODY_BYTES of it."""
+    message: str | None = None
+    """The sentence the sender got; None for rows stored before schema v2."""
+    detail: dict[str, Any] | None = None
+    """Counts behind the refusal: `secrets` configured, `tolerance` in seconds."""
+
+
+REJECTION_COLUMNS = "id, received_at, reason, remote, headers, body, message, detail"
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """A row of `handler_attempts`: one try of one handler on one event, kept after its run ends."""
 
@@ -220,7 +243,16 @@ class Store(Protocol):
     path: str
 
     async def ingest(self, incoming: Incoming) -> IngestResult: ...
-    def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None: ...
+    def reject(
+        self,
+        *,
+        reason: str,
+        remote: str | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        message: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None: ...
     async def check_writable(self) -> bool: ...
     def free_space(self) -> int | None:
         """Bytes free on the disk holding the store; None when it cannot tell (a database server's disk)."""
@@ -240,6 +272,13 @@ class Store(Protocol):
         ...
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]: ...
+    async def list_rejections(
+        self, *, reasons: Sequence[str] = (), since: datetime | None = None, limit: int = 50
+    ) -> list[Rejection]:
+        """Refused requests, newest first."""
+        ...
+
+    async def get_rejection(self, rejection_id: int) -> Rejection | None: ...
     async def count_events(self, selection: EventFilter, *, cap: int) -> int:
         """How many events match `selection` (its limit ignored), counting no further than `cap`."""
         ...

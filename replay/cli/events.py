@@ -14,7 +14,7 @@ from receiver.stores.protocol import Attempt, EventFilter, Run, Store, StoredEve
 
 from .options import db_option, event_filter_options, json_option, run_on_store
 
-__all__ = ["COUNT_CAP", "attempt_json", "describe_filter", "event_json", "events"]
+__all__ = ["COUNT_CAP", "attempt_json", "attempt_line", "describe_filter", "event_json", "events"]
 
 COUNT_CAP = 1000
 """The listing's footer counts matches this far ("20 of 1,000+"): a count never reads the whole store."""
@@ -22,12 +22,13 @@ COUNT_CAP = 1000
 
 @click.group()
 def events() -> None:
-    """Look at stored events: list them, or show one with its handler runs.
+    """Look at stored events: list them, show one with every handler try, or follow new ones.
 
     \b
     Examples:
       montra-hooks events list --type 'subscription.*' --since 2h
       montra-hooks events show msg_2Bc9XQ
+      montra-hooks events tail --status dead
     """
 
 

@@ -169,6 +169,10 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX event_refs_kind ON event_refs (kind, ref, seq);
     -- `--ref cus_...` names no kind: this index answers a bare id.
     CREATE INDEX event_refs_ref ON event_refs (ref, seq);
+
+    -- A refusal's explanation: the sentence the sender got, and the counts behind it (secrets, tolerance).
+    ALTER TABLE rejections ADD COLUMN message text;
+    ALTER TABLE rejections ADD COLUMN detail jsonb;
     """,
 ]
 

@@ -37,10 +37,12 @@ from ..protocol import (
     ATTEMPT_OUTCOME,
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
+    REJECTION_COLUMNS,
     Attempt,
     EventFilter,
     Incoming,
     IngestResult,
+    Rejection,
     Run,
     StoredEvent,
     count_events_sql,
@@ -139,16 +141,36 @@ class PostgresStore:
                 results.append(IngestResult("duplicate", requeued=requeued.pop(item.id, 0)))
         return results
 
-    def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None:
+    def reject(
+        self,
+        *,
+        reason: str,
+        remote: str | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        message: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
         if len(self._rejecting) >= MAX_PENDING_REJECTIONS:
             return  # a flood of bad requests: their answers matter, not a row for each
-        row = (_time(time.time()), reason, remote, json.dumps(redact(headers)), body[:REJECTED_BODY_BYTES])
+        row = (
+            _time(time.time()),
+            reason,
+            remote,
+            json.dumps(redact(headers)),
+            body[:REJECTED_BODY_BYTES],
+            message,
+            None if detail is None else json.dumps(dict(detail)),
+        )
         task = asyncio.get_running_loop().create_task(self._reject(row))
         self._rejecting.add(task)
         task.add_done_callback(self._rejecting.discard)
 
     async def _reject(self, row: tuple[Any, ...]) -> None:
-        sql = "INSERT INTO rejections (received_at, reason, remote, headers, body) VALUES (%s, %s, %s, %s, %s)"
+        sql = (
+            "INSERT INTO rejections (received_at, reason, remote, headers, body, message, detail) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        )
         prune = "DELETE FROM rejections WHERE id <= currval(pg_get_serial_sequence('rejections', 'id')) - %s"
         try:
             async with self._connection() as conn, conn.transaction():
@@ -275,6 +297,21 @@ class PostgresStore:
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         sql, params = select_events_sql(selection, columns=EVENT_COLUMNS, mark="%s", time=lambda moment: moment)
         return [_event(row) for row in await self._fetch(sql, params)]
+
+    async def list_rejections(
+        self, *, reasons: Sequence[str] = (), since: datetime | None = None, limit: int = 50
+    ) -> list[Rejection]:
+        sql = (
+            f"SELECT {REJECTION_COLUMNS} FROM rejections WHERE (cardinality(%(reasons)s::text[]) = 0 "
+            "OR reason = ANY (%(reasons)s)) AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s) "
+            "ORDER BY id DESC LIMIT %(limit)s"
+        )
+        params = {"reasons": list(reasons), "since": since, "limit": limit}
+        return [_rejection(row) for row in await self._fetch(sql, params)]
+
+    async def get_rejection(self, rejection_id: int) -> Rejection | None:
+        rows = await self._fetch(f"SELECT {REJECTION_COLUMNS} FROM rejections WHERE id = %s", (rejection_id,))
+        return _rejection(rows[0]) if rows else None
 
     async def count_events(self, selection: EventFilter, *, cap: int) -> int:
         sql, params = count_events_sql(selection, cap=cap, mark="%s", time=lambda moment: moment)
@@ -434,3 +471,8 @@ def _event(row: tuple[Any, ...]) -> StoredEvent:
 
 def _run(row: tuple[Any, ...]) -> Run:
     return Run(*row)
+
+
+def _rejection(row: tuple[Any, ...]) -> Rejection:
+    id, received_at, reason, remote, headers, body, message, detail = row
+    return Rejection(id, received_at, reason, remote, headers, bytes(body or b""), message, detail)

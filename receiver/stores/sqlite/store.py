@@ -27,11 +27,13 @@ from ..protocol import (
     CRASHED_ERROR,
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
+    REJECTION_COLUMNS,
     TAKEOVER_NOTE,
     Attempt,
     EventFilter,
     Incoming,
     IngestResult,
+    Rejection,
     Run,
     StoredEvent,
     count_events_sql,
@@ -197,12 +199,31 @@ class SQLiteStore:
 
         return await self._commits.run(op)
 
-    def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None:
-        row = (iso(time.time()), reason, remote, json.dumps(redact(headers)), body[:REJECTED_BODY_BYTES])
+    def reject(
+        self,
+        *,
+        reason: str,
+        remote: str | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        message: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        row = (
+            iso(time.time()),
+            reason,
+            remote,
+            json.dumps(redact(headers)),
+            body[:REJECTED_BODY_BYTES],
+            message,
+            None if detail is None else json.dumps(dict(detail)),
+        )
 
         def op(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
-                "INSERT INTO rejections (received_at, reason, remote, headers, body) VALUES (?, ?, ?, ?, ?)", row
+                "INSERT INTO rejections (received_at, reason, remote, headers, body, message, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
             )
             conn.execute("DELETE FROM rejections WHERE id <= ?", ((cursor.lastrowid or 0) - MAX_REJECTIONS,))
 
@@ -352,6 +373,25 @@ class SQLiteStore:
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         return await self._read(select_events, selection)
+
+    async def list_rejections(
+        self, *, reasons: Sequence[str] = (), since: datetime | None = None, limit: int = 50
+    ) -> list[Rejection]:
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
+        if reasons:
+            where.append(f"reason IN ({', '.join('?' * len(reasons))})")
+            params.extend(reasons)
+        if since is not None:
+            where.append("received_at >= ?")
+            params.append(iso(since))
+        sql = f"SELECT {REJECTION_COLUMNS} FROM rejections WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        return await self._read(lambda conn: [_rejection(row) for row in conn.execute(sql, (*params, limit))])
+
+    async def get_rejection(self, rejection_id: int) -> Rejection | None:
+        sql = f"SELECT {REJECTION_COLUMNS} FROM rejections WHERE id = ?"
+        rows = await self._read(lambda conn: conn.execute(sql, (rejection_id,)).fetchall())
+        return _rejection(rows[0]) if rows else None
 
     async def count_events(self, selection: EventFilter, *, cap: int) -> int:
         sql, params = count_events_sql(selection, cap=cap, mark="?", time=iso)
@@ -503,3 +543,11 @@ def _run(row: tuple[Any, ...]) -> Run:
 def _attempt(row: tuple[Any, ...]) -> Attempt:
     event_id, handler, attempt, owner, started, finished, duration, outcome, error = row
     return Attempt(event_id, handler, attempt, owner, parse_iso(started), parse_iso(finished), duration, outcome, error)
+
+
+def _rejection(row: tuple[Any, ...]) -> Rejection:
+    id, received_at, reason, remote, headers, body, message, detail = row
+    received = parse_iso(received_at)
+    assert received is not None  # NOT NULL in the schema
+    details = None if detail is None else json.loads(detail)
+    return Rejection(id, received, reason, remote, json.loads(headers), bytes(body or b""), message, details)
