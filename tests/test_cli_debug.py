@@ -192,14 +192,49 @@ def test_events_show_prints_resources_and_every_attempt(db: str) -> None:
     def at(seconds: float) -> str:
         return datetime.fromtimestamp(T0 + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    assert lines[start + 1 : start + 4] == [
+    assert lines[start + 1 : start + 5] == [
         f"  try 1  {at(3)}  failed      1000.0 ms  w1  RuntimeError: billing down",
         f"  try 2  {at(13)}  timeout     1000.0 ms  w1  HandlerTimeout: 30 s",
         f"  try 3  {at(23)}  succeeded    250.0 ms  w2",
+        "",
     ]
-    assert lines[lines.index("crm.sync: succeeded, 1 attempt(s)") + 1] == (
-        f"  try 1  {at(3)}  succeeded    500.0 ms  w1"
-    )
+    crm = lines.index("crm.sync: succeeded, 1 attempt(s)")
+    assert lines[crm + 1 :] == [f"  try 1  {at(3)}  succeeded    500.0 ms  w1"]
+
+
+def test_events_show_puts_the_timeline_below_the_last_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "events.db")
+
+    async def work() -> None:
+        store = open_store(path)
+        try:
+            await store.ingest(stored("evt_f", "customer.created", {"id": "cus_1"}, at=T0, handlers=("h.sync",)))
+            await store.claim(owner="w1", handlers=["h.sync"], now=T0, lease=30, limit=1)
+            error = "Traceback (most recent call last):\n  File x\nValueError: bad"
+            await store.finish(
+                owner="w1",
+                event_id="evt_f",
+                handler="h.sync",
+                status="failed",
+                error=error,
+                next_attempt_at=T0 + 5,
+                finished_at=T0 + 1,
+                duration_ms=1000.0,
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(work())
+    lines = invoke("events", "show", "evt_f", "--db", path).stdout.splitlines()
+    start = lines.index("h.sync: failed, 1 attempt(s)")
+    stamp = datetime.fromtimestamp(T0, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert lines[start + 1 :] == [
+        "  Traceback (most recent call last):",
+        "    File x",
+        "  ValueError: bad",
+        f"  next attempt at {datetime.fromtimestamp(T0 + 5, UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}",
+        f"  try 1  {stamp}  failed      1000.0 ms  w1  ValueError: bad",
+    ]
 
 
 def test_events_show_json_has_resources_and_attempts(db: str) -> None:
@@ -218,6 +253,11 @@ def test_events_show_json_has_resources_and_attempts(db: str) -> None:
 
 
 def test_retry_and_replay_that_match_nothing_exit_1_naming_the_filter(db: str) -> None:
+    plain = invoke("retry", "--db", db, "--status", "dead")  # no selection to name: nothing to do is fine
+    assert (plain.exit_code, plain.stdout) == (
+        0,
+        "Re-queued 0 run(s); a running receiver picks them up within a second.\n",
+    )
     retried = invoke("retry", "--db", db, "--id", "evt_NOPE")
     assert (retried.exit_code, retried.stdout) == (1, "")
     assert retried.stderr.startswith("No failed or dead runs match --id evt_NOPE in ")

@@ -152,13 +152,14 @@ def events_show(db: str, event_id: str, as_json: bool) -> None:
         click.echo("resources: " + ", ".join(f"{kind} {ref}" for kind, ref in refs))
     for run in runs:
         click.echo(f"\n{run.handler}: {run.status}, {run.attempts} attempt(s)")
+        if run.last_error:
+            click.echo("  " + run.last_error.rstrip().replace("\n", "\n  "))
+        if run.next_attempt_at and run.status == "failed":
+            click.echo(f"  next attempt at {iso(run.next_attempt_at)}")
+        # The timeline last, below the full error: one line per try, its error's last line.
         for attempt in attempts:
             if attempt.handler == run.handler:
                 click.echo("  " + attempt_line(attempt))
-        if run.next_attempt_at and run.status == "failed":
-            click.echo(f"  next attempt at {iso(run.next_attempt_at)}")
-        if run.last_error:
-            click.echo("  " + run.last_error.rstrip().replace("\n", "\n  "))
 
 
 def event_json(event: StoredEvent) -> dict[str, Any]:

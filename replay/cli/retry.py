@@ -19,7 +19,9 @@ __all__ = ["retry"]
 @click.option("--handler", metavar="NAME", help="Only this handler's runs.")
 @click.option("--status", "statuses", multiple=True, type=click.Choice(["failed", "dead"]), help="Default: both.")
 def retry(db: str, ids: Sequence[str], handler: str | None, statuses: Sequence[str]) -> None:
-    """Re-queue failed or dead handler runs now; a running receiver picks them up. Exit 1 when none match.
+    """Re-queue failed or dead handler runs now; a running receiver picks them up.
+
+    Exit 1 when --id or --handler match no failed or dead run.
 
     \b
     Example:
@@ -27,14 +29,12 @@ def retry(db: str, ids: Sequence[str], handler: str | None, statuses: Sequence[s
     """
     status = tuple(statuses) or ("failed", "dead")
     count = run_on_store(db, lambda store: store.requeue(ids=ids, handler=handler, status=status), write=True)
-    if count == 0:
-        named = " ".join([*(f"--id {i}" for i in ids), *([f"--handler {handler}"] if handler else [])])
-        runs = " or ".join(status)
+    named = " ".join([*(f"--id {i}" for i in ids), *([f"--handler {handler}"] if handler else [])])
+    if count == 0 and named:
+        # A selection that matches nothing is likely a typo'd id or name: exit 1 and say which.
         click.echo(
-            f"No {runs} runs match {named} in {redact_url(db)}: nothing was re-queued. "
-            "`montra-hooks events list --status dead` shows what is there."
-            if named
-            else f"No {runs} runs in {redact_url(db)}: nothing was re-queued.",
+            f"No {' or '.join(status)} runs match {named} in {redact_url(db)}: nothing was re-queued. "
+            "`montra-hooks events list --status dead` shows what is there.",
             err=True,
         )
         raise SystemExit(1)
