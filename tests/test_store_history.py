@@ -13,10 +13,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from starlette.testclient import TestClient
 from support.db import query
+from support.dispatch import SECRET, envelope, settled
+from support.signing import signed_post
 from test_store_contract import finish, incoming, moment, now, run, table
 
-from receiver.event import Event, resource_refs
+from receiver import Event, Hooks, create_app
+from receiver.event import resource_refs
 from receiver.stores.open import is_postgres_url, open_store
 from receiver.stores.postgres import schema as pg_schema
 from receiver.stores.protocol import (
@@ -280,3 +284,39 @@ def test_history_queries_search_an_index_and_scan_no_table(tmp_path: Path, selec
         tables = [step for step in plan if step.startswith("SCAN") and step != "SCAN matching"]
         assert tables == [], (sql, plan)
         assert any(step.startswith("SEARCH") for step in plan), plan
+
+
+# -- through the dispatcher -------------------------------------------------------------------
+
+
+def test_the_dispatcher_records_each_try_timeouts_included(store_url: str) -> None:
+    """A real app and dispatcher: a try past its timeout is `timeout`, a later failure `failed`, the last `dead`."""
+    hooks = Hooks()
+
+    @hooks.on("*", name="flaky", timeout=0.05, max_attempts=3)
+    async def flaky(event: Event) -> None:
+        if event.attempt == 1:
+            await asyncio.sleep(5)
+        raise RuntimeError(f"try {event.attempt} broke")
+
+    app = create_app(hooks, db=store_url, secrets=[SECRET], backoff=0.01)
+    with TestClient(app) as client:
+        assert signed_post("/webhooks", envelope("customer.created"), SECRET, "msg_f", client=client).status_code == 200
+        settled(store_url, 1)
+
+    async def read(store: Store) -> list[Attempt]:
+        return await store.get_attempts("msg_f")
+
+    rows = run(store_url, read)
+    assert [(a.handler, a.attempt, a.outcome) for a in rows] == [
+        ("flaky", 1, "timeout"),
+        ("flaky", 2, "failed"),
+        ("flaky", 3, "dead"),
+    ]
+    assert [(a.error or "").rstrip().splitlines()[-1] for a in rows] == [
+        "receiver.hooks.HandlerTimeout: flaky took longer than its timeout of 0.05 s.",
+        "RuntimeError: try 2 broke",
+        "RuntimeError: try 3 broke",
+    ]
+    assert all(a.finished_at is not None and a.started_at is not None for a in rows)
+    assert all(a.started_at <= a.finished_at for a in rows if a.started_at and a.finished_at)
