@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from typing import IO, Any
 import pytest
 from click.testing import CliRunner, Result
 from starlette.testclient import TestClient
+from support.db import query
 from support.signing import signed_post
 
 from receiver import create_app, sign
@@ -31,6 +33,7 @@ from receiver.event import resource_refs
 from receiver.rejections import explain
 from receiver.stores.open import open_store
 from receiver.stores.protocol import Incoming, Rejection, Store
+from receiver.stores.sqlite import schema as sqlite_schema
 from receiver.verify import generate_secret
 from replay.cli import cli
 
@@ -436,3 +439,24 @@ def test_events_tail_follows_new_events_and_their_tries_until_ctrl_c(
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=20) == 0
     assert _next(err) == "Stopped.\n"
+
+
+def test_reading_a_store_of_the_first_schema_shows_no_history_and_says_how_to_upgrade(tmp_path: Path) -> None:
+    """Reading commands never migrate: an older store still shows its events; what it cannot hold, it says."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(sqlite_schema._MIGRATIONS[0] + "PRAGMA user_version = 1;")
+        conn.execute(
+            "INSERT INTO events (id, type, received_at, headers, body) VALUES ('evt_1', 'a.b', ?, '{}', x'7b7d')",
+            (datetime.fromtimestamp(T0, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),),
+        )
+    conn.close()
+    shown = invoke("events", "show", "evt_1", "--db", str(path), "--json")
+    assert shown.exit_code == 0, shown.output
+    assert (json.loads(shown.stdout)["attempts"], json.loads(shown.stdout)["resources"]) == ([], {})
+    by_ref = invoke("events", "list", "--ref", "cus_1", "--db", str(path))
+    assert by_ref.exit_code == 2
+    assert f"The event store at {path} was written by an older montra-webhooks (no such table: event_refs)" in (
+        by_ref.output.replace("\n", " ")
+    )
+    assert query(path, "PRAGMA user_version") == [(1,)]  # still as it was

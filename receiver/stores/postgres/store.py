@@ -285,14 +285,14 @@ class PostgresStore:
 
     async def get_attempts(self, event_id: str) -> list[Attempt]:
         sql = f'SELECT {ATTEMPT_COLUMNS} FROM handler_attempts WHERE event_id = %s ORDER BY handler COLLATE "C", id'
-        return [Attempt(*row) for row in await self._fetch(sql, (event_id,))]
+        return [Attempt(*row) for row in await self._fetch_unless_older(sql, (event_id,))]
 
     async def get_refs(self, event_id: str) -> list[tuple[str, str]]:
         sql = (
             "SELECT kind, ref FROM event_refs WHERE seq = (SELECT seq FROM events WHERE id = %s) "
             'ORDER BY kind COLLATE "C", ref COLLATE "C"'
         )
-        return [(kind, ref) for kind, ref in await self._fetch(sql, (event_id,))]
+        return [(kind, ref) for kind, ref in await self._fetch_unless_older(sql, (event_id,))]
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         sql, params = select_events_sql(selection, columns=EVENT_COLUMNS, mark="%s", time=lambda moment: moment)
@@ -394,6 +394,15 @@ class PostgresStore:
     async def _fetch(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         async with self._connection() as conn:
             return await (await conn.execute(sql.encode(), params)).fetchall()
+
+    async def _fetch_unless_older(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        """`_fetch`, or no rows from a store too old to hold them (a read-only store is never migrated)."""
+        try:
+            return await self._fetch(sql, params)
+        except StoreUnavailable as e:
+            if isinstance(e.__cause__, psycopg.errors.UndefinedTable):
+                return []
+            raise
 
     async def _execute(self, sql: str, params: Any) -> int:
         async with self._connection() as conn:

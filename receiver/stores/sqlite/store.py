@@ -365,11 +365,13 @@ class SQLiteStore:
 
     async def get_attempts(self, event_id: str) -> list[Attempt]:
         sql = f"SELECT {ATTEMPT_COLUMNS} FROM handler_attempts WHERE event_id = ? ORDER BY handler, id"
-        return await self._read(lambda conn: [_attempt(row) for row in conn.execute(sql, (event_id,))])
+        return await self._read(_unless_older, lambda conn: [_attempt(row) for row in conn.execute(sql, (event_id,))])
 
     async def get_refs(self, event_id: str) -> list[tuple[str, str]]:
         sql = "SELECT kind, ref FROM event_refs WHERE seq = (SELECT seq FROM events WHERE id = ?) ORDER BY kind, ref"
-        return await self._read(lambda conn: [(kind, ref) for kind, ref in conn.execute(sql, (event_id,))])
+        return await self._read(
+            _unless_older, lambda conn: [(kind, ref) for kind, ref in conn.execute(sql, (event_id,))]
+        )
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         return await self._read(select_events, selection)
@@ -435,6 +437,13 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._readers, self._with_reader, fn, args)
+        except sqlite3.OperationalError as e:
+            if _older_schema(e):
+                raise StoreUnavailable(
+                    f"The event store at {self.path} was written by an older montra-webhooks ({e}): open it once "
+                    "with `montra-hooks serve` or `montra-hooks prune` to bring its schema up to date."
+                ) from e
+            raise StoreUnavailable(f"The event store cannot be read: {e}.") from e
         except (sqlite3.Error, ConfigurationError) as e:  # callers know the Store interface, not SQLite
             raise StoreUnavailable(f"The event store cannot be read: {e}.") from e
 
@@ -453,6 +462,21 @@ class SQLiteStore:
             conn.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _older_schema(error: sqlite3.OperationalError) -> bool:
+    """A read-only store is never migrated: an older one lacks the newer tables and columns."""
+    return str(error).startswith(("no such table", "no such column"))
+
+
+def _unless_older(conn: sqlite3.Connection, read: Callable[[sqlite3.Connection], list[T]]) -> list[T]:
+    """`read(conn)`, or nothing from a store too old to hold it (history that was never recorded)."""
+    try:
+        return read(conn)
+    except sqlite3.OperationalError as e:
+        if _older_schema(e):
+            return []
+        raise
 
 
 def check_store_file(path: str) -> None:
