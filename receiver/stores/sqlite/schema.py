@@ -95,15 +95,16 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX handler_attempts_event ON handler_attempts (event_id, handler, id);
 
+    -- Keyed (ref, kind, seq): `--ref cus_...` (any kind) and an ordered lookup by (kind, ref) are both an index
+    -- range on it, with one index written per reference rather than two. Prune deletes the rows with their
+    -- events (by `seq`), so no foreign key check is paid at ingest.
     CREATE TABLE event_refs (
-        seq INTEGER NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
         kind TEXT NOT NULL,
         ref TEXT NOT NULL,
-        PRIMARY KEY (seq, kind, ref)
+        PRIMARY KEY (ref, kind, seq)
     ) WITHOUT ROWID;
-    CREATE INDEX event_refs_kind ON event_refs (kind, ref, seq);
-    -- `--ref cus_...` names no kind: this index answers a bare id.
-    CREATE INDEX event_refs_ref ON event_refs (ref, seq);
+    CREATE INDEX event_refs_seq ON event_refs (seq);
 
     -- A refusal's explanation: the sentence the sender got, and the counts behind it (secrets, tolerance).
     ALTER TABLE rejections ADD COLUMN message TEXT;
