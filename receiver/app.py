@@ -25,7 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 from .dev_secret import secrets_from_env
 from .dispatch import Dispatcher, DispatchSettings
 from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, VerificationError
-from .event import parse_envelope
+from .event import parse_envelope, resource_refs
 from .hooks import Hooks
 from .retention import Retention
 from .stores.open import DEFAULT_DB, open_store
@@ -335,6 +335,7 @@ class MontraApp:
             headers=headers,
             body=body,
             handlers=[r.name for r in self.hooks.handlers_for(event_type)],
+            refs=resource_refs(event_type, envelope.get("data")),
         )
         store, dispatcher = self.store, self._dispatcher
         assert dispatcher is not None
@@ -364,7 +365,15 @@ class MontraApp:
     ) -> tuple[int, dict[str, Any]]:
         client = scope.get("client")
         with contextlib.suppress(StoreUnavailable):  # diagnosis is best effort; the answer is what matters
-            self.store.reject(reason=code, remote=client[0] if client else None, headers=headers, body=body)
+            self.store.reject(
+                reason=code,
+                remote=client[0] if client else None,
+                headers=headers,
+                body=body,
+                message=message,
+                # What `montra-hooks rejections` needs to explain it in words; counts only, never a secret.
+                detail={"secrets": self.verifier.key_count, "tolerance": self.verifier.tolerance},
+            )
         return status, {"error": code, "message": message}
 
     async def rerun(self, event_id: str, *, handler: str | None = None) -> int:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import NoRetry, StoreUnavailable
-from .event import Event, RunStatus
+from .event import AttemptOutcome, Event, RunStatus
 from .hooks import HandlerTimeout, Hooks, Registration, is_async_callable
 from .pacing import AcknowledgementsFirst
 from .stores.protocol import PROCESS_DIED, EventFilter, Run, Store, is_takeover
@@ -73,7 +73,8 @@ class Outcome:
     error: str | None = None
     attempts: int | None = None
     """Tries made, when not the count the claim recorded (no try was started)."""
-    timed_out: bool = False
+    tried: AttemptOutcome | None = None
+    """How the try ended, when the status does not say (`timeout`)."""
 
 
 class Dispatcher:
@@ -328,7 +329,9 @@ class Dispatcher:
         except NoRetry as e:
             return Outcome("dead", _describe(e))
         except HandlerTimeout as e:
-            return dataclasses.replace(self._failed(run, max_attempts, _describe(e)), timed_out=True)
+            failed = self._failed(run, max_attempts, _describe(e))
+            # A timeout that leaves tries is recorded as one; the last try's row says `dead`, as its run does.
+            return dataclasses.replace(failed, tried="timeout") if failed.status == "failed" else failed
         except BaseException as e:
             # The merchant's code: any error is this run's failure, recorded with its traceback. SystemExit and
             # KeyboardInterrupt too: raised out of a task they would stop the event loop, and the receiver with it.
@@ -358,6 +361,7 @@ class Dispatcher:
                     finished_at=finished,
                     duration_ms=round((finished - started) * 1000, 3),
                     attempts=outcome.attempts,
+                    outcome=outcome.tried,
                 )
                 break
             except StoreUnavailable as e:  # the store cannot write now: keep the lease and the outcome, try again
@@ -365,7 +369,7 @@ class Dispatcher:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self.settings.lease / 3)
         tries = outcome.attempts if outcome.attempts is not None else run.attempts
-        label = "timeout" if outcome.timed_out and outcome.status == "failed" else outcome.status
+        label = outcome.tried or outcome.status
         # For --log-format json: each of these lines carries the run it is about.
         fields = {"event_id": run.event_id, "handler": run.handler, "attempt": tries, "outcome": label}
         if event is not None:

@@ -11,16 +11,24 @@ from typing import Any, Literal, TypeAlias
 from .errors import EnvelopeError
 
 __all__ = [
+    "AttemptOutcome",
     "DeadCallback",
     "Event",
     "EventStatus",
     "Handler",
     "RunStatus",
     "parse_envelope",
+    "resource_refs",
 ]
+
+MAX_REF_CHARS = 256
+"""Longer `data.id` / `data.<kind>_id` values are not kept as references."""
 
 RunStatus: TypeAlias = Literal["pending", "running", "succeeded", "failed", "dead"]
 """A handler run: `failed` waits to retry; `dead` will not be tried again unless re-queued."""
+
+AttemptOutcome: TypeAlias = Literal["succeeded", "failed", "timeout", "crashed", "dead"]
+"""How one try of a handler ended: `crashed` = its process died; `dead` = it failed and no try is left."""
 
 EventStatus: TypeAlias = Literal["dead", "failed", "pending", "handled", "unhandled"]
 """An event's status, derived from its runs: the first of these that applies."""
@@ -43,6 +51,11 @@ class Event:
     timestamp: datetime | None = None
     previous_attributes: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
+
+    @property
+    def refs(self) -> dict[str, str]:
+        """The resources this event is about, by kind: `{"subscription": "sub_...", "customer": "cus_..."}`."""
+        return dict(resource_refs(self.type, self.data))
 
     @classmethod
     def from_body(cls, id: str, body: bytes, headers: Mapping[str, str] | None = None, *, attempt: int = 1) -> Event:
@@ -79,6 +92,29 @@ def parse_envelope(body: bytes) -> dict[str, Any]:
     if not envelope["type"].isprintable():
         raise EnvelopeError("invalid_event", 'The event "type" holds control characters: no Montra type does.')
     return envelope
+
+
+def resource_refs(event_type: str, data: object) -> list[tuple[str, str]]:
+    """(kind, id) pairs an event is about: what the store keeps in `event_refs` and `Event.refs` shows.
+
+    The type's prefix names `data.id` (`subscription.upgraded` -> ("subscription", data.id)), and each
+    string `data.<kind>_id` adds (kind, value). A kind appears once: the prefix's own `data.id` wins.
+    """
+    if not isinstance(data, dict):
+        return []
+    refs: dict[str, str] = {}
+    kind, dot, _ = event_type.partition(".")
+    if dot and kind and _is_ref(data.get("id")):
+        refs[kind] = data["id"]
+    for key, value in data.items():
+        if key.endswith("_id") and len(key) > 3 and _is_ref(value):
+            refs.setdefault(key[:-3], value)
+    return list(refs.items())
+
+
+def _is_ref(value: object) -> bool:
+    # An id is a short printable string: anything else (a NUL, a megabyte) is not worth an index entry.
+    return isinstance(value, str) and 0 < len(value) <= MAX_REF_CHARS and value.isprintable()
 
 
 def parse_timestamp(value: object) -> datetime | None:

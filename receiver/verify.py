@@ -115,6 +115,15 @@ class Verifier:
         self._ed25519 = tuple(ed25519)
         self._tolerance = tolerance
 
+    @property
+    def key_count(self) -> int:
+        """How many secrets and keys are configured: a refusal's explanation names the count, never a key."""
+        return len(self._hmac) + len(self._ed25519)
+
+    @property
+    def tolerance(self) -> int:
+        return self._tolerance
+
     def __repr__(self) -> str:
         # Counts only: key material must never reach a log line or a traceback.
         return f"Verifier(<{len(self._hmac)} HMAC, {len(self._ed25519)} Ed25519 key(s)>, tolerance={self._tolerance})"

@@ -36,7 +36,7 @@ def test_python_dash_m_replay_lists_every_command() -> None:
     assert result.stdout.startswith("Usage: montra-hooks [OPTIONS] COMMAND [ARGS]...\n")
     listed = re.findall(r"^  (\S+)  ", result.stdout.split("Commands:\n", 1)[1], flags=re.MULTILINE)
     assert listed == sorted(cli.commands)
-    expected = {"serve", "events", "retry", "prune", "trigger", "replay", "watch", "listen", "fixtures"}
+    expected = {"serve", "events", "rejections", "retry", "prune", "trigger", "replay", "watch", "listen", "fixtures"}
     assert set(listed) == expected
 
 
@@ -210,6 +210,7 @@ def light_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["events", "list"],
         ["events", "show", "evt_none"],
         ["retry"],
+        ["rejections", "list"],
         ["prune", "--older-than", "30d"],
         ["fixtures", "list"],
         ["fixtures", "show", "refund.created"],

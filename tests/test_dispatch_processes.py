@@ -177,6 +177,28 @@ def test_a_run_killed_mid_try_is_completed_after_restart(serve: Serve, tmp_path:
     ]
 
 
+def test_a_try_killed_with_its_process_is_in_the_history_as_crashed(serve: Serve, tmp_path: Path) -> None:
+    """`events show` lists the try the kill ended (`crashed`, by the first process) and the one that succeeded."""
+    log_path = install_recording_app(tmp_path)
+    server = start(serve, tmp_path, "--lease", "1")
+    send(server, "msg_kill", "customer.created", plan={"everything": {"sleep_first": 60}})
+    wait_until(lambda: tries(read_log(log_path)), what="the handler to start")
+    first_owner = runs(tmp_path / "events.db")["msg_kill", "everything"]["lease_owner"]
+    server.kill()
+    server.start()
+    settled(tmp_path / "events.db", 1)
+    shown = CliRunner().invoke(cli, ["events", "show", "msg_kill", "--db", str(tmp_path / "events.db"), "--json"])
+    assert shown.exit_code == 0, shown.output
+    attempts = json.loads(shown.stdout)["attempts"]
+    assert [(a["handler"], a["attempt"], a["outcome"], a["finished_at"]) for a in attempts] == [
+        ("everything", 1, "crashed", None),
+        ("everything", 2, "succeeded", attempts[1]["finished_at"]),
+    ]
+    assert attempts[0]["owner"] == first_owner
+    assert attempts[0]["error"] == f"The receiver's process died while this handler ran (try 1, process {first_owner})."
+    assert attempts[1]["owner"] != first_owner and attempts[1]["finished_at"] is not None
+
+
 def test_sigterm_lets_running_handlers_finish_and_leaves_the_rest_pending(serve: Serve, tmp_path: Path) -> None:
     log_path = install_recording_app(tmp_path)
     server = start(serve, tmp_path)

@@ -14,25 +14,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from ..event import EventStatus, RunStatus
+from ..event import AttemptOutcome, EventStatus, RunStatus
 
 __all__ = [
+    "ATTEMPT_COLUMNS",
+    "ATTEMPT_OUTCOME",
     "BACKLOG_STATUSES",
+    "CRASHED_ERROR",
     "MAX_MERGED_TYPES",
     "MAX_REJECTIONS",
     "PROCESS_DIED",
     "REDACTED",
     "REJECTED_BODY_BYTES",
+    "REJECTION_COLUMNS",
     "SENSITIVE_HEADERS",
     "TAKEOVER_NOTE",
+    "Attempt",
     "Backlog",
     "EventFilter",
     "Incoming",
     "IngestResult",
+    "Rejection",
     "Run",
     "Store",
     "StoredEvent",
     "backlog_from",
+    "count_events_sql",
     "distinct_types_sql",
     "is_takeover",
     "iso",
@@ -101,6 +108,8 @@ class Incoming:
     headers: Mapping[str, str]
     body: bytes
     handlers: Sequence[str] = ()
+    refs: Sequence[tuple[str, str]] = ()
+    """(kind, id) pairs from `receiver.event.resource_refs`, stored in `event_refs` with the event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,16 +159,59 @@ class Run:
     duration_ms: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A row of `rejections`: a refused request, kept for diagnosis (the newest MAX_REJECTIONS)."""
+
+    id: int
+    received_at: datetime
+    reason: str
+    """The error code the sender got (`invalid_signature`, ...)."""
+    remote: str | None
+    headers: dict[str, str]
+    body: bytes
+    """At most REJECTED_BODY_BYTES of it."""
+    message: str | None = None
+    """The sentence the sender got; None for rows stored before schema v2."""
+    detail: dict[str, Any] | None = None
+    """Counts behind the refusal: `secrets` configured, `tolerance` in seconds."""
+
+
+REJECTION_COLUMNS = "id, received_at, reason, remote, headers, body, message, detail"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A row of `handler_attempts`: one try of one handler on one event, kept after its run ends."""
+
+    event_id: str
+    handler: str
+    attempt: int
+    owner: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    """None for a `crashed` try: its process died without saying when."""
+    duration_ms: float | None
+    outcome: AttemptOutcome
+    error: str | None = None
+
+
+ATTEMPT_COLUMNS = "event_id, handler, attempt, owner, started_at, finished_at, duration_ms, outcome, error"
+ATTEMPT_OUTCOME: dict[str, AttemptOutcome] = {"succeeded": "succeeded", "failed": "failed", "dead": "dead"}
+"""A try's outcome when `finish` is not told one: what the run's new status says of it."""
+
 PROCESS_DIED = "The receiver's process died while this handler ran"
 """How `last_error` begins once a claim has taken over a try whose process died (its lease expired)."""
 
+# A SQL expression over a `handler_runs` row still `running` whose process died: which try and process.
+CRASHED_ERROR = (
+    "'"
+    + PROCESS_DIED.replace("'", "''")
+    + " (try ' || attempts || ', process ' || coalesce(lease_owner, 'unknown') || ').'"
+)
 # An assignment for a claim's SET list, where the right-hand sides read the row as it was before the claim:
 # taking over a run still `running` means its process died mid-try, and the note says which try and process.
-TAKEOVER_NOTE = (
-    "last_error = CASE WHEN status = 'running' THEN '"
-    + PROCESS_DIED.replace("'", "''")
-    + " (try ' || attempts || ', process ' || coalesce(lease_owner, 'unknown') || ').' ELSE last_error END"
-)
+TAKEOVER_NOTE = f"last_error = CASE WHEN status = 'running' THEN {CRASHED_ERROR} ELSE last_error END"
 
 
 def is_takeover(run: Run) -> bool:
@@ -180,6 +232,10 @@ class EventFilter:
     """`received_at` before this time."""
     after_seq: int | None = None
     max_seq: int | None = None
+    ref: str | None = None
+    """Events about this resource id (`cus_...`), of any kind: a row of `event_refs`."""
+    handler: str | None = None
+    """Events with a run of this handler (`module.qualname`)."""
     limit: int | None = None
     newest_first: bool = False
 
@@ -220,7 +276,16 @@ class Store(Protocol):
     path: str
 
     async def ingest(self, incoming: Incoming) -> IngestResult: ...
-    def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None: ...
+    def reject(
+        self,
+        *,
+        reason: str,
+        remote: str | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        message: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None: ...
     async def check_writable(self) -> bool: ...
     def free_space(self) -> int | None:
         """Bytes free on the disk holding the store; None when it cannot tell (a database server's disk)."""
@@ -231,7 +296,26 @@ class Store(Protocol):
     # Reading.
     async def get_event(self, event_id: str) -> StoredEvent | None: ...
     async def get_runs(self, event_id: str) -> list[Run]: ...
+    async def get_attempts(self, event_id: str) -> list[Attempt]:
+        """Every recorded try of every handler on this event, by handler then in the order they ended."""
+        ...
+
+    async def get_refs(self, event_id: str) -> list[tuple[str, str]]:
+        """The (kind, id) pairs stored in `event_refs` for this event, sorted."""
+        ...
+
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]: ...
+    async def list_rejections(
+        self, *, reasons: Sequence[str] = (), since: datetime | None = None, limit: int = 50
+    ) -> list[Rejection]:
+        """Refused requests, newest first."""
+        ...
+
+    async def get_rejection(self, rejection_id: int) -> Rejection | None: ...
+    async def count_events(self, selection: EventFilter, *, cap: int) -> int:
+        """How many events match `selection` (its limit ignored), counting no further than `cap`."""
+        ...
+
     def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]: ...
     async def seq_bounds(self) -> tuple[int, int]:
         """(oldest seq stored or the next one, newest seq a reader may serve: none at or below it can still appear)."""
@@ -251,6 +335,9 @@ class Store(Protocol):
 
     # Dispatching: runs are claimed with a lease, and only the lease holder records an outcome.
     # `finish(attempts=)` corrects the count a claim made when no try was started (a takeover that gives up).
+    # `finish` records the try in `handler_attempts` in the same transaction (`outcome`, or the one the new
+    # status implies), unless `attempts=` says none was made; a claim that takes over a run still `running`
+    # records that try as `crashed`.
     async def claim(
         self, *, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None = None
     ) -> list[Run]: ...
@@ -267,6 +354,7 @@ class Store(Protocol):
         finished_at: float,
         duration_ms: float,
         attempts: int | None = None,
+        outcome: AttemptOutcome | None = None,
     ) -> bool: ...
     async def release(self, *, owner: str) -> int: ...
     async def requeue(
@@ -309,6 +397,10 @@ def select_events_sql(
         where.append(f"id IN ({marks(selection.ids)})")
     if selection.status:
         where.append(f"status IN ({marks(selection.status)})")
+    if selection.ref is not None:
+        where.append(f"seq IN (SELECT seq FROM event_refs WHERE ref = {marks([selection.ref])})")
+    if selection.handler is not None:
+        where.append(f"id IN (SELECT event_id FROM handler_runs WHERE handler = {marks([selection.handler])})")
     for column, op, value in (
         ("received_at", ">=", None if selection.since is None else time(selection.since)),
         ("received_at", "<", None if selection.until is None else time(selection.until)),
@@ -373,6 +465,16 @@ def with_exact_types(selection: EventFilter, stored: Sequence[str]) -> EventFilt
         return selection
     exact = [t for t in selection.types if not t.endswith(".*")]
     return dataclasses.replace(selection, types=list(dict.fromkeys([*exact, *stored])))
+
+
+def count_events_sql(
+    selection: EventFilter, *, cap: int, mark: str, time: Callable[[datetime], Any]
+) -> tuple[str, list[Any]]:
+    """A count of the events `selection` matches that stops at `cap` rows: cheap however many there are."""
+    capped = dataclasses.replace(selection, limit=cap, newest_first=False)
+    inner, params = select_events_sql(capped, columns="1", mark=mark, time=time)
+    # The inner ORDER BY seq is harmless (seq is the primary key) and keeps one query builder.
+    return f"SELECT count(*) FROM ({inner}) AS matching", params
 
 
 def type_clause(patterns: Sequence[str], *, mark: str = "?") -> tuple[str, list[Any]]:

@@ -13,9 +13,11 @@ from .events import events
 from .fixtures import fixtures
 from .listen import listen
 from .prune import prune
+from .rejections import rejections
 from .replay import replay
 from .retry import retry
 from .serve import serve
+from .tail import tail
 from .trigger import trigger
 from .watch import watch
 
@@ -28,7 +30,8 @@ def cli() -> None:
     """Receive, store, dispatch, replay and tunnel Montra webhooks."""
 
 
-for _command in (serve, events, retry, prune, trigger, replay, watch, listen, fixtures):
+events.add_command(tail)  # its own module: events.py holds the listing and showing
+for _command in (serve, events, rejections, retry, prune, trigger, replay, watch, listen, fixtures):
     cli.add_command(_command)
 
 

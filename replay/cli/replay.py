@@ -107,12 +107,14 @@ def replay(
     if in_order and concurrency not in (None, 1):
         raise click.UsageError("--in-order sends one event at a time: drop --concurrency.")
 
+    from receiver.stores.open import redact_url
     from receiver.stores.protocol import EventFilter
 
     from ..inprocess import AppTarget
     from ..replay import DEFAULT_CONCURRENCY, Replay
     from ..send import HttpTarget
     from ..sources import fixture_events, fixture_names
+    from .events import describe_filter
 
     workers = 1 if in_order else concurrency or DEFAULT_CONCURRENCY
     # Fixture events are built with fresh ids: they go out under their own.
@@ -146,6 +148,14 @@ def replay(
     else:
         selection = EventFilter(ids=ids, types=types, status=statuses, since=since, until=until, limit=limit)
         ok = asyncio.run(run.from_store(open_existing_store(db), selection))
+        if run.summary.total == 0 and not dry_run:
+            # Nothing sent is nothing delivered: exit 1, naming what to loosen (a typo'd --id, say).
+            named = describe_filter(selection)
+            where = redact_url(db)
+            click.echo(
+                f"{named} matched no stored event in {where}." if named else f"{where} holds no event.", err=True
+            )
+            raise SystemExit(1)
     if not ok:
         raise SystemExit(1)
 

@@ -154,6 +154,39 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX handler_runs_backlog ON handler_runs (status)
         WHERE status IN ('pending', 'running', 'failed', 'dead');
     """,
+    # 4: attempt history and resource references: self-contained, existing rows kept.
+    # `handler_attempts` has its own id: a re-queued dead run counts its tries from 1 again.
+    # `event_refs` rows for events stored before this step are not backfilled (their bodies are not re-read).
+    """
+    CREATE TABLE handler_attempts (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        event_id text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        handler text NOT NULL,
+        attempt integer NOT NULL,
+        owner text,
+        started_at timestamptz,
+        finished_at timestamptz,
+        duration_ms double precision,
+        outcome text NOT NULL,
+        error text
+    );
+    CREATE INDEX handler_attempts_event ON handler_attempts (event_id, handler, id);
+
+    -- Keyed (ref, kind, seq): `--ref cus_...` (any kind) and an ordered lookup by (kind, ref) are both an index
+    -- range on it, with one index written per reference rather than two. Prune deletes the rows with their
+    -- events (by `seq`), so no foreign key check is paid at ingest.
+    CREATE TABLE event_refs (
+        seq bigint NOT NULL,
+        kind text NOT NULL,
+        ref text NOT NULL,
+        PRIMARY KEY (ref, kind, seq)
+    );
+    CREATE INDEX event_refs_seq ON event_refs (seq);
+
+    -- A refusal's explanation: the sentence the sender got, and the counts behind it (secrets, tolerance).
+    ALTER TABLE rejections ADD COLUMN message text;
+    ALTER TABLE rejections ADD COLUMN detail jsonb;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

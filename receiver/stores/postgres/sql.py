@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..protocol import TAKEOVER_NOTE
+from ..protocol import ATTEMPT_COLUMNS, CRASHED_ERROR, TAKEOVER_NOTE
 
-__all__ = ["EVENT_COLUMNS", "INGEST", "PRUNE", "RUN_COLUMNS", "claim_sql"]
+__all__ = ["EVENT_COLUMNS", "FINISH", "INGEST", "PRUNE", "RUN_COLUMNS", "claim_sql"]
 
 EVENT_COLUMNS = "seq, id, type, occurred_at, received_at, headers, body, status"
 RUN_COLUMNS = (
@@ -34,6 +34,12 @@ WITH mark AS (
     SELECT r.event_id, r.handler, r.due
     FROM unnest(%(run_ids)b::text[], %(run_handlers)b::text[], %(run_due)b::timestamptz[]) AS r (event_id, handler, due)
     JOIN stored ON stored.id = r.event_id
+), refs AS (
+    INSERT INTO event_refs (seq, kind, ref)
+    SELECT stored.seq, r.kind, r.ref
+    FROM unnest(%(ref_ids)b::text[], %(ref_kinds)b::text[], %(ref_values)b::text[]) AS r (event_id, kind, ref)
+    JOIN stored ON stored.id = r.event_id
+    ON CONFLICT DO NOTHING
 ), requeued AS (
     UPDATE handler_runs SET status = 'pending', attempts = 0, next_attempt_at = %(now)b, lease_owner = NULL,
         lease_until = NULL
@@ -61,6 +67,12 @@ WITH waiting AS (
     ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), due AS (
     (SELECT * FROM waiting UNION ALL SELECT * FROM expired) LIMIT %(limit)s
+), crashed AS (
+    -- Every CTE reads the rows as they were before the UPDATE: a run still `running` was a try that crashed.
+    INSERT INTO handler_attempts ({ATTEMPT_COLUMNS})
+    SELECT c.event_id, c.handler, c.attempts, c.lease_owner, c.started_at, NULL, NULL, 'crashed', {CRASHED_ERROR}
+    FROM handler_runs c JOIN due ON c.event_id = due.event_id AND c.handler = due.handler
+    WHERE c.status = 'running'
 )
 UPDATE handler_runs r SET status = 'running', lease_owner = %(owner)s, lease_until = %(until)s,
     attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, duration_ms = NULL, {TAKEOVER_NOTE}
@@ -78,8 +90,29 @@ WITH old AS (
     ORDER BY received_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), runs AS (
     DELETE FROM handler_runs WHERE event_id IN (SELECT id FROM old) RETURNING 1
+), attempts AS (
+    DELETE FROM handler_attempts WHERE event_id IN (SELECT id FROM old)
+), refs AS (
+    DELETE FROM event_refs WHERE seq IN (SELECT seq FROM old)
 ), gone AS (
     DELETE FROM events WHERE seq IN (SELECT seq FROM old) RETURNING seq
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM runs)
+"""
+
+# The run's update and its try's row in one statement (one transaction). `record` is false when no try was
+# made (`finish(attempts=)`): the claim already recorded the crashed one.
+FINISH = f"""
+WITH run AS (
+    UPDATE handler_runs SET status = %(status)s, last_error = %(error)s, next_attempt_at = %(due)s,
+        lease_owner = NULL, lease_until = NULL, finished_at = %(finished)s, duration_ms = %(duration)s,
+        attempts = coalesce(%(attempts)s, attempts)
+    WHERE event_id = %(event_id)s AND handler = %(handler)s AND lease_owner = %(owner)s AND status = 'running'
+    RETURNING event_id, handler, attempts, started_at
+), tried AS (
+    INSERT INTO handler_attempts ({ATTEMPT_COLUMNS})
+    SELECT event_id, handler, attempts, %(owner)s, started_at, %(finished)s, %(duration)s, %(outcome)s, %(error)s
+    FROM run WHERE %(record)s
+)
+SELECT count(*) FROM run
 """

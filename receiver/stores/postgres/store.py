@@ -30,18 +30,24 @@ import psycopg
 import psycopg_pool
 
 from ...errors import ConfigurationError, StoreUnavailable
-from ...event import RunStatus
+from ...event import AttemptOutcome, RunStatus
 from ..open import redact_url
 from ..protocol import (
+    ATTEMPT_COLUMNS,
+    ATTEMPT_OUTCOME,
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
+    REJECTION_COLUMNS,
+    Attempt,
     Backlog,
     EventFilter,
     Incoming,
     IngestResult,
+    Rejection,
     Run,
     StoredEvent,
     backlog_from,
+    count_events_sql,
     distinct_types_sql,
     iter_pages,
     redact,
@@ -51,7 +57,7 @@ from ..protocol import (
 )
 from .batches import Batches
 from .schema import check_schema, migrate
-from .sql import EVENT_COLUMNS, INGEST, PRUNE, RUN_COLUMNS, claim_sql
+from .sql import EVENT_COLUMNS, FINISH, INGEST, PRUNE, RUN_COLUMNS, claim_sql
 
 __all__ = ["POOL_SIZE", "PRUNE_BATCH", "PostgresStore"]
 
@@ -133,6 +139,9 @@ class PostgresStore:
             "run_ids": [item.id for item, _ in firsts.values() for _ in item.handlers],
             "run_handlers": [name for item, _ in firsts.values() for name in item.handlers],
             "run_due": [at for item, at in firsts.values() for _ in item.handlers],
+            "ref_ids": [item.id for item, _ in firsts.values() for _ in item.refs],
+            "ref_kinds": [kind for item, _ in firsts.values() for kind, _ in item.refs],
+            "ref_values": [ref for item, _ in firsts.values() for _, ref in item.refs],
             "now": _time(time.time()),
         }
         async with self._connection() as conn:  # autocommit: the statement commits before it answers
@@ -151,16 +160,36 @@ class PostgresStore:
                 results.append(IngestResult("duplicate", requeued=requeued.pop(item.id, 0)))
         return results
 
-    def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None:
+    def reject(
+        self,
+        *,
+        reason: str,
+        remote: str | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        message: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
         if len(self._rejecting) >= MAX_PENDING_REJECTIONS:
             return  # a flood of bad requests: their answers matter, not a row for each
-        row = (_time(time.time()), reason, remote, json.dumps(redact(headers)), body[:REJECTED_BODY_BYTES])
+        row = (
+            _time(time.time()),
+            reason,
+            remote,
+            json.dumps(redact(headers)),
+            body[:REJECTED_BODY_BYTES],
+            message,
+            None if detail is None else json.dumps(dict(detail)),
+        )
         task = asyncio.get_running_loop().create_task(self._reject(row))
         self._rejecting.add(task)
         task.add_done_callback(self._rejecting.discard)
 
     async def _reject(self, row: tuple[Any, ...]) -> None:
-        sql = "INSERT INTO rejections (received_at, reason, remote, headers, body) VALUES (%s, %s, %s, %s, %s)"
+        sql = (
+            "INSERT INTO rejections (received_at, reason, remote, headers, body, message, detail) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        )
         prune = "DELETE FROM rejections WHERE id <= currval(pg_get_serial_sequence('rejections', 'id')) - %s"
         try:
             async with self._connection() as conn, conn.transaction():
@@ -213,15 +242,23 @@ class PostgresStore:
         finished_at: float,
         duration_ms: float,
         attempts: int | None = None,
+        outcome: AttemptOutcome | None = None,
     ) -> bool:
-        sql = (
-            "UPDATE handler_runs SET status = %s, last_error = %s, next_attempt_at = %s, lease_owner = NULL, "
-            "lease_until = NULL, finished_at = %s, duration_ms = %s, attempts = coalesce(%s, attempts) "
-            "WHERE event_id = %s AND handler = %s AND lease_owner = %s AND status = 'running'"
-        )
-        due = _time(next_attempt_at) if next_attempt_at is not None else None
-        params = (status, error, due, _time(finished_at), duration_ms, attempts, event_id, handler, owner)
-        return await self._execute(sql, params) == 1
+        params = {
+            "status": status,
+            "error": error,
+            "due": _time(next_attempt_at) if next_attempt_at is not None else None,
+            "finished": _time(finished_at),
+            "duration": duration_ms,
+            "attempts": attempts,
+            "event_id": event_id,
+            "handler": handler,
+            "owner": owner,
+            "outcome": outcome or ATTEMPT_OUTCOME.get(status, "failed"),
+            "record": attempts is None,
+        }
+        [(count,)] = await self._fetch(FINISH, params)
+        return bool(count == 1)
 
     async def release(self, *, owner: str) -> int:
         sql = (
@@ -291,6 +328,17 @@ class PostgresStore:
         sql = f'SELECT {RUN_COLUMNS} FROM handler_runs WHERE event_id = %s ORDER BY handler COLLATE "C"'
         return [_run(row) for row in await self._fetch(sql, (event_id,))]
 
+    async def get_attempts(self, event_id: str) -> list[Attempt]:
+        sql = f'SELECT {ATTEMPT_COLUMNS} FROM handler_attempts WHERE event_id = %s ORDER BY handler COLLATE "C", id'
+        return [Attempt(*row) for row in await self._fetch_unless_older(sql, (event_id,))]
+
+    async def get_refs(self, event_id: str) -> list[tuple[str, str]]:
+        sql = (
+            "SELECT kind, ref FROM event_refs WHERE seq = (SELECT seq FROM events WHERE id = %s) "
+            'ORDER BY kind COLLATE "C", ref COLLATE "C"'
+        )
+        return [(kind, ref) for kind, ref in await self._fetch_unless_older(sql, (event_id,))]
+
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         ranges = [] if "*" in selection.types else type_ranges(selection.types)
         if ranges:
@@ -301,6 +349,26 @@ class PostgresStore:
                 return []
         sql, params = select_events_sql(selection, columns=EVENT_COLUMNS, mark="%s", time=lambda moment: moment)
         return [_event(row) for row in await self._fetch(sql, params)]
+
+    async def list_rejections(
+        self, *, reasons: Sequence[str] = (), since: datetime | None = None, limit: int = 50
+    ) -> list[Rejection]:
+        sql = (
+            f"SELECT {REJECTION_COLUMNS} FROM rejections WHERE (cardinality(%(reasons)s::text[]) = 0 "
+            "OR reason = ANY (%(reasons)s)) AND (%(since)s::timestamptz IS NULL OR received_at >= %(since)s) "
+            "ORDER BY id DESC LIMIT %(limit)s"
+        )
+        params = {"reasons": list(reasons), "since": since, "limit": limit}
+        return [_rejection(row) for row in await self._fetch(sql, params)]
+
+    async def get_rejection(self, rejection_id: int) -> Rejection | None:
+        rows = await self._fetch(f"SELECT {REJECTION_COLUMNS} FROM rejections WHERE id = %s", (rejection_id,))
+        return _rejection(rows[0]) if rows else None
+
+    async def count_events(self, selection: EventFilter, *, cap: int) -> int:
+        sql, params = count_events_sql(selection, cap=cap, mark="%s", time=lambda moment: moment)
+        [(count,)] = await self._fetch(sql, params)
+        return int(count)
 
     def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
         return iter_pages(self, selection, page=page)
@@ -387,6 +455,15 @@ class PostgresStore:
         async with self._connection() as conn:
             return await (await conn.execute(sql.encode(), params)).fetchall()
 
+    async def _fetch_unless_older(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        """`_fetch`, or no rows from a store too old to hold them (a read-only store is never migrated)."""
+        try:
+            return await self._fetch(sql, params)
+        except StoreUnavailable as e:
+            if isinstance(e.__cause__, psycopg.errors.UndefinedTable):
+                return []
+            raise
+
     async def _execute(self, sql: str, params: Any) -> int:
         async with self._connection() as conn:
             return (await conn.execute(sql.encode(), params)).rowcount
@@ -463,3 +540,8 @@ def _event(row: tuple[Any, ...]) -> StoredEvent:
 
 def _run(row: tuple[Any, ...]) -> Run:
     return Run(*row)
+
+
+def _rejection(row: tuple[Any, ...]) -> Rejection:
+    id, received_at, reason, remote, headers, body, message, detail = row
+    return Rejection(id, received_at, reason, remote, headers, bytes(body or b""), message, detail)

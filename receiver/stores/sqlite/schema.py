@@ -77,6 +77,39 @@ _MIGRATIONS: list[str] = [
         {_EVENT_STATUS.format(row="OLD")}
     END;
     """,
+    # Attempt history and resource references (issue 14): self-contained, existing rows kept.
+    # `handler_attempts` has its own id: a re-queued dead run counts its tries from 1 again.
+    # `event_refs` rows for events stored before this step are not backfilled (their bodies are not re-read).
+    """
+    CREATE TABLE handler_attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        handler TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        owner TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        duration_ms REAL,
+        outcome TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX handler_attempts_event ON handler_attempts (event_id, handler, id);
+
+    -- Keyed (ref, kind, seq): `--ref cus_...` (any kind) and an ordered lookup by (kind, ref) are both an index
+    -- range on it, with one index written per reference rather than two. Prune deletes the rows with their
+    -- events (by `seq`), so no foreign key check is paid at ingest.
+    CREATE TABLE event_refs (
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        PRIMARY KEY (ref, kind, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX event_refs_seq ON event_refs (seq);
+
+    -- A refusal's explanation: the sentence the sender got, and the counts behind it (secrets, tolerance).
+    ALTER TABLE rejections ADD COLUMN message TEXT;
+    ALTER TABLE rejections ADD COLUMN detail TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -21,18 +21,25 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, StoreUnavailable
-from ...event import RunStatus
+from ...event import AttemptOutcome, RunStatus
 from ..protocol import (
+    ATTEMPT_COLUMNS,
+    ATTEMPT_OUTCOME,
+    CRASHED_ERROR,
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
+    REJECTION_COLUMNS,
     TAKEOVER_NOTE,
+    Attempt,
     Backlog,
     EventFilter,
     Incoming,
     IngestResult,
+    Rejection,
     Run,
     StoredEvent,
     backlog_from,
+    count_events_sql,
     distinct_types_sql,
     iso,
     iter_pages,
@@ -63,6 +70,17 @@ _RUN_COLUMNS = (
 _INSERT_EVENT = (
     "INSERT INTO events (id, type, occurred_at, received_at, headers, body) VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING"
+)
+_INSERT_REF = "INSERT OR IGNORE INTO event_refs (seq, kind, ref) VALUES (?, ?, ?)"
+# A try's row, read from its run before `finish` updates it (owner and start are the run's lease and claim).
+_RECORD_TRY = (
+    f"INSERT INTO handler_attempts ({ATTEMPT_COLUMNS}) SELECT event_id, handler, attempts, lease_owner, started_at, "
+    "?, ?, ?, ? FROM handler_runs WHERE event_id = ? AND handler = ? AND lease_owner = ? AND status = 'running'"
+)
+# The tries a claim takes over (runs still `running` past their lease): their process died mid-try.
+_RECORD_CRASHED = (
+    f"INSERT INTO handler_attempts ({ATTEMPT_COLUMNS}) SELECT event_id, handler, attempts, lease_owner, started_at, "
+    f"NULL, NULL, 'crashed', {CRASHED_ERROR} FROM handler_runs WHERE rowid IN ({{rows}}) AND status = 'running'"
 )
 _INSERT_RUN = "INSERT INTO handler_runs (event_id, handler, status, next_attempt_at) VALUES (?, ?, 'pending', ?)"
 # A resend is a request to try again: dead runs get a fresh cycle of attempts; the others are left alone.
@@ -195,20 +213,42 @@ class SQLiteStore:
                 (incoming.id, incoming.type, incoming.occurred_at, received_at, headers, incoming.body),
             )
             if cursor.rowcount == 1:
+                seq = cursor.lastrowid
                 if incoming.handlers:
                     conn.executemany(_INSERT_RUN, [(incoming.id, name, received_at) for name in incoming.handlers])
-                return IngestResult("stored", seq=cursor.lastrowid)
+                if incoming.refs:
+                    conn.executemany(_INSERT_REF, [(seq, kind, ref) for kind, ref in incoming.refs])
+                return IngestResult("stored", seq=seq)
             requeued = conn.execute(_REQUEUE_DEAD, (received_at, incoming.id)).rowcount
             return IngestResult("duplicate", requeued=requeued)
 
         return await self._commits.run(op)
 
-    def reject(self, *, reason: str, remote: str | None, headers: Mapping[str, str], body: bytes) -> None:
-        row = (iso(time.time()), reason, remote, json.dumps(redact(headers)), body[:REJECTED_BODY_BYTES])
+    def reject(
+        self,
+        *,
+        reason: str,
+        remote: str | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        message: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        row = (
+            iso(time.time()),
+            reason,
+            remote,
+            json.dumps(redact(headers)),
+            body[:REJECTED_BODY_BYTES],
+            message,
+            None if detail is None else json.dumps(dict(detail)),
+        )
 
         def op(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
-                "INSERT INTO rejections (received_at, reason, remote, headers, body) VALUES (?, ?, ?, ?, ?)", row
+                "INSERT INTO rejections (received_at, reason, remote, headers, body, message, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
             )
             conn.execute("DELETE FROM rejections WHERE id <= ?", ((cursor.lastrowid or 0) - MAX_REJECTIONS,))
 
@@ -247,10 +287,19 @@ class SQLiteStore:
         sql = (
             "UPDATE handler_runs SET status = 'running', lease_owner = ?, lease_until = ?, "
             f"attempts = attempts + 1, started_at = ?, finished_at = NULL, duration_ms = NULL, {TAKEOVER_NOTE} "
-            f"WHERE rowid IN ({selection}) RETURNING {_RUN_COLUMNS}"
+            "WHERE rowid IN ({rows}) RETURNING " + _RUN_COLUMNS
         )
-        params = (owner, iso(now + lease), stamp, *selection_params)
-        return await self._commits.run(lambda conn: [_run(row) for row in conn.execute(sql, params).fetchall()])
+
+        def op(conn: sqlite3.Connection) -> list[Run]:
+            # Pick the rows once, then record the crashed tries among them and claim them, in one transaction.
+            rows = [row for (row,) in conn.execute(selection, selection_params)]
+            if not rows:
+                return []
+            marks = ", ".join("?" * len(rows))
+            conn.execute(_RECORD_CRASHED.format(rows=marks), rows)
+            return [_run(row) for row in conn.execute(sql.format(rows=marks), (owner, iso(now + lease), stamp, *rows))]
+
+        return await self._commits.run(op)
 
     async def renew(self, *, owner: str, until: float) -> int:
         sql = "UPDATE handler_runs SET lease_until = ? WHERE lease_owner = ? AND status = 'running'"
@@ -268,6 +317,7 @@ class SQLiteStore:
         finished_at: float,
         duration_ms: float,
         attempts: int | None = None,
+        outcome: AttemptOutcome | None = None,
     ) -> bool:
         sql = (
             "UPDATE handler_runs SET status = ?, last_error = ?, next_attempt_at = ?, lease_owner = NULL, "
@@ -276,7 +326,15 @@ class SQLiteStore:
         )
         due = iso(next_attempt_at) if next_attempt_at is not None else None
         params = (status, error, due, iso(finished_at), duration_ms, attempts, event_id, handler, owner)
-        return await self._commits.run(lambda conn: conn.execute(sql, params).rowcount == 1)
+        outcome = outcome or ATTEMPT_OUTCOME.get(status, "failed")
+        tried = (iso(finished_at), duration_ms, outcome, error, event_id, handler, owner)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            if attempts is None:  # a try was made (`attempts=` corrects a count when none was)
+                conn.execute(_RECORD_TRY, tried)
+            return bool(conn.execute(sql, params).rowcount == 1)
+
+        return await self._commits.run(op)
 
     async def release(self, *, owner: str) -> int:
         sql = (
@@ -357,8 +415,41 @@ class SQLiteStore:
         sql = f"SELECT {_RUN_COLUMNS} FROM handler_runs WHERE event_id = ? ORDER BY handler"
         return await self._read(lambda conn: [_run(row) for row in conn.execute(sql, (event_id,))])
 
+    async def get_attempts(self, event_id: str) -> list[Attempt]:
+        sql = f"SELECT {ATTEMPT_COLUMNS} FROM handler_attempts WHERE event_id = ? ORDER BY handler, id"
+        return await self._read(_unless_older, lambda conn: [_attempt(row) for row in conn.execute(sql, (event_id,))])
+
+    async def get_refs(self, event_id: str) -> list[tuple[str, str]]:
+        sql = "SELECT kind, ref FROM event_refs WHERE seq = (SELECT seq FROM events WHERE id = ?) ORDER BY kind, ref"
+        return await self._read(
+            _unless_older, lambda conn: [(kind, ref) for kind, ref in conn.execute(sql, (event_id,))]
+        )
+
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         return await self._read(select_events, selection)
+
+    async def list_rejections(
+        self, *, reasons: Sequence[str] = (), since: datetime | None = None, limit: int = 50
+    ) -> list[Rejection]:
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
+        if reasons:
+            where.append(f"reason IN ({', '.join('?' * len(reasons))})")
+            params.extend(reasons)
+        if since is not None:
+            where.append("received_at >= ?")
+            params.append(iso(since))
+        sql = f"SELECT {REJECTION_COLUMNS} FROM rejections WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        return await self._read(lambda conn: [_rejection(row) for row in conn.execute(sql, (*params, limit))])
+
+    async def get_rejection(self, rejection_id: int) -> Rejection | None:
+        sql = f"SELECT {REJECTION_COLUMNS} FROM rejections WHERE id = ?"
+        rows = await self._read(lambda conn: conn.execute(sql, (rejection_id,)).fetchall())
+        return _rejection(rows[0]) if rows else None
+
+    async def count_events(self, selection: EventFilter, *, cap: int) -> int:
+        sql, params = count_events_sql(selection, cap=cap, mark="?", time=iso)
+        return int(await self._read(lambda conn: conn.execute(sql, params).fetchone()[0]))
 
     def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
         return iter_pages(self, selection, page=page)
@@ -414,6 +505,13 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._readers, self._with_reader, fn, args)
+        except sqlite3.OperationalError as e:
+            if _older_schema(e):
+                raise StoreUnavailable(
+                    f"The event store at {self.path} was written by an older montra-webhooks ({e}): open it once "
+                    "with `montra-hooks serve` or `montra-hooks prune` to bring its schema up to date."
+                ) from e
+            raise StoreUnavailable(f"The event store cannot be read: {e}.") from e
         except (sqlite3.Error, ConfigurationError) as e:  # callers know the Store interface, not SQLite
             raise StoreUnavailable(f"The event store cannot be read: {e}.") from e
 
@@ -432,6 +530,21 @@ class SQLiteStore:
             conn.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _older_schema(error: sqlite3.OperationalError) -> bool:
+    """A read-only store is never migrated: an older one lacks the newer tables and columns."""
+    return str(error).startswith(("no such table", "no such column"))
+
+
+def _unless_older(conn: sqlite3.Connection, read: Callable[[sqlite3.Connection], list[T]]) -> list[T]:
+    """`read(conn)`, or nothing from a store too old to hold it (history that was never recorded)."""
+    try:
+        return read(conn)
+    except sqlite3.OperationalError as e:
+        if _older_schema(e):
+            return []
+        raise
 
 
 def check_store_file(path: str) -> None:
@@ -506,6 +619,9 @@ def _prune_batch(conn: sqlite3.Connection, *, cutoff: str, size: int) -> dict[st
         "SELECT seq, id FROM events WHERE received_at < ? ORDER BY received_at LIMIT ?", (cutoff, size)
     ).fetchall()
     runs = conn.executemany("DELETE FROM handler_runs WHERE event_id = ?", [(id,) for _, id in old]).rowcount
+    # Attempts and references go with their events (explicitly: the cascade would do it row by row).
+    conn.executemany("DELETE FROM handler_attempts WHERE event_id = ?", [(id,) for _, id in old])
+    conn.executemany("DELETE FROM event_refs WHERE seq = ?", [(seq,) for seq, _ in old])
     events = conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq, _ in old]).rowcount
     rejections = conn.execute("DELETE FROM rejections WHERE received_at < ?", (cutoff,)).rowcount
     return {"events": max(events, 0), "handler_runs": max(runs, 0), "rejections": rejections}
@@ -553,3 +669,16 @@ def _run(row: tuple[Any, ...]) -> Run:
     event_id, handler, status, attempts, error, due, owner, until, started, finished, duration = row
     times = parse_iso(due), owner, parse_iso(until), parse_iso(started), parse_iso(finished)
     return Run(event_id, handler, status, attempts, error, *times, duration)
+
+
+def _attempt(row: tuple[Any, ...]) -> Attempt:
+    event_id, handler, attempt, owner, started, finished, duration, outcome, error = row
+    return Attempt(event_id, handler, attempt, owner, parse_iso(started), parse_iso(finished), duration, outcome, error)
+
+
+def _rejection(row: tuple[Any, ...]) -> Rejection:
+    id, received_at, reason, remote, headers, body, message, detail = row
+    received = parse_iso(received_at)
+    assert received is not None  # NOT NULL in the schema
+    details = None if detail is None else json.loads(detail)
+    return Rejection(id, received, reason, remote, json.loads(headers), bytes(body or b""), message, details)
