@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 from .private_files import PRIVATE_DIR, load_or_create_private, read_private
-from .verify import generate_secret
 
 __all__ = ["DEV_SECRET_FILE", "load_dev_secret", "load_or_create_dev_secret", "secrets_from_env"]
 
@@ -32,4 +31,6 @@ def load_dev_secret(path: Path = DEV_SECRET_FILE) -> str | None:
 
 def load_or_create_dev_secret(path: Path = DEV_SECRET_FILE) -> tuple[str, bool]:
     """(secret, created): read the dev secret, or create it readable by this user only (see `private_files`)."""
+    from .verify import generate_secret  # here: reading commands need no cryptography to start
+
     return load_or_create_private(path, generate_secret)

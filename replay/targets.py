@@ -9,7 +9,6 @@ from __future__ import annotations
 from receiver.dev_secret import load_dev_secret, secrets_from_env
 from receiver.errors import ConfigurationError
 from receiver.loopback import is_loopback
-from receiver.verify import sign
 
 __all__ = ["DEFAULT_TO", "RemoteTarget", "check_target", "signing_secret"]
 
@@ -49,5 +48,7 @@ def signing_secret(secret: str | None) -> str | None:
         configured = secrets_from_env()
         secret = configured[0] if configured else load_dev_secret()
     if secret is not None:
+        from receiver.verify import sign  # here: commands that only read need no cryptography to start
+
         sign(b"", secret=secret)  # a malformed secret fails here; its message never quotes the secret
     return secret

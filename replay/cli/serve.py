@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import errno
-import logging
-import logging.config
 import shlex
 import socket
 from collections.abc import Callable, Sequence
@@ -174,6 +172,8 @@ def serve(
     # In JSON every line is an object, the banner's too: it goes through the same logging as the rest.
     logging_config = log_config("json") if log_format == "json" else None
     if logging_config is not None:
+        import logging.config
+
         logging.config.dictConfig(logging_config)
     say: Callable[[str], None] = logging.getLogger("montra.serve").info if logging_config else click.echo
     shown_host = f"[{host}]" if ":" in host else host

@@ -63,16 +63,17 @@ WITH waiting AS (
     SELECT event_id, handler FROM handler_runs WHERE {waiting} AND handler = ANY (%(handlers)s) {only}
     ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), expired AS (
-    SELECT event_id, handler FROM handler_runs WHERE {_EXPIRED} AND handler = ANY (%(handlers)s) {only}
+    SELECT event_id, handler, attempts, lease_owner, started_at FROM handler_runs
+    WHERE {_EXPIRED} AND handler = ANY (%(handlers)s) {only}
     ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), due AS (
-    (SELECT * FROM waiting UNION ALL SELECT * FROM expired) LIMIT %(limit)s
+    (SELECT * FROM waiting UNION ALL SELECT event_id, handler FROM expired) LIMIT %(limit)s
 ), crashed AS (
-    -- Every CTE reads the rows as they were before the UPDATE: a run still `running` was a try that crashed.
+    -- A claimed run whose lease expired while `running` was a try that crashed: the rows `expired` read
+    -- (as they were before the UPDATE), so this needs no second read of handler_runs.
     INSERT INTO handler_attempts ({ATTEMPT_COLUMNS})
-    SELECT c.event_id, c.handler, c.attempts, c.lease_owner, c.started_at, NULL, NULL, 'crashed', {CRASHED_ERROR}
-    FROM handler_runs c JOIN due ON c.event_id = due.event_id AND c.handler = due.handler
-    WHERE c.status = 'running'
+    SELECT event_id, handler, attempts, lease_owner, started_at, NULL, NULL, 'crashed', {CRASHED_ERROR}
+    FROM expired JOIN due USING (event_id, handler)
 )
 UPDATE handler_runs r SET status = 'running', lease_owner = %(owner)s, lease_until = %(until)s,
     attempts = attempts + 1, started_at = %(now)s, finished_at = NULL, duration_ms = NULL, {TAKEOVER_NOTE}
