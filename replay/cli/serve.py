@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import shlex
 import socket
 from collections.abc import Callable, Sequence
@@ -172,9 +173,9 @@ def serve(
     # In JSON every line is an object, the banner's too: it goes through the same logging as the rest.
     logging_config = log_config("json") if log_format == "json" else None
     if logging_config is not None:
-        import logging.config
+        from logging.config import dictConfig  # here: only serve needs it
 
-        logging.config.dictConfig(logging_config)
+        dictConfig(logging_config)
     say: Callable[[str], None] = logging.getLogger("montra.serve").info if logging_config else click.echo
     shown_host = f"[{host}]" if ":" in host else host
     say(f"montra-hooks: receiving on http://{shown_host}:{port}{path}")
