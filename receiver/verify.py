@@ -152,10 +152,11 @@ class Verifier:
             msg_id, timestamp, signature = _scan(headers, msg_id, timestamp, signature)
         if not (isinstance(msg_id, str) and isinstance(timestamp, str) and isinstance(signature, str)):
             found = {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": signature}
-            missing = " and ".join(name for name, value in found.items() if not isinstance(value, str))
+            names = [name for name, value in found.items() if not isinstance(value, str)]
+            missing = f"header {names[0]}" if len(names) == 1 else f"headers {', '.join(names[:-1])} and {names[-1]}"
             raise VerificationError(
                 "missing_headers",
-                f"header {missing} missing: a Standard Webhooks request carries webhook-id, webhook-timestamp and "
+                f"{missing} missing: a Standard Webhooks request carries webhook-id, webhook-timestamp and "
                 "webhook-signature; sign it with receiver.sign(), or send a signed test event with "
                 "`montra-hooks trigger subscription.upgraded`",
             )

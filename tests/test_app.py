@@ -381,7 +381,11 @@ def test_the_root_names_the_stream_and_inspector_when_on(db: Path) -> None:
     ("dropped", "named"),
     [
         (("webhook-signature",), "header webhook-signature missing"),
-        (("webhook-id", "webhook-timestamp"), "header webhook-id and webhook-timestamp missing"),
+        (("webhook-id", "webhook-timestamp"), "headers webhook-id and webhook-timestamp missing"),
+        (
+            ("webhook-id", "webhook-timestamp", "webhook-signature"),
+            "headers webhook-id, webhook-timestamp and webhook-signature missing",
+        ),
     ],
 )
 def test_a_missing_header_is_named_with_how_to_sign(client: TestClient, dropped: tuple[str, ...], named: str) -> None:
