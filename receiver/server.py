@@ -100,6 +100,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_lines = 0
         self._refused = False
+        self._in_body = False  # between a request's headers and the end of its body
         self._deadline: TimerHandle | None = None
 
     # -- connection ------------------------------------------------------------------------
@@ -114,13 +115,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._receive(data)
+        # A deadline is armed only for a request still incomplete when this read is done: a webhook that
+        # arrives in one read, the usual case, costs no timer. The header deadline so runs from the read
+        # that brought the request's first byte, the body's from the read that completed its headers.
+        if self._deadline is None and not self._refused and not self.transport.is_closing():
+            if self._reading_headers:
+                if self._header_bytes:
+                    self._arm(self.limits.header_timeout)
+            elif self._in_body:
+                self._arm(self.limits.body_timeout)
+
+    def _receive(self, data: bytes) -> None:
         if self._refused:  # answered 431; what was read with it is dropped
             return
         limit = self.limits.max_header_bytes
         view = memoryview(data)  # slices of a view copy nothing: a flood's 256 KiB read is not copied to be dropped
         while view and self._reading_headers:
-            if self._deadline is None:  # the request's first byte
-                self._arm(self.limits.header_timeout)
             room = limit - self._header_bytes
             if room <= 0:
                 self._refuse_headers()
@@ -172,9 +183,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
-        self._disarm()
-        # A body's deadline runs from here; on_message_complete, called at once when there is none, disarms it.
-        self._arm(self.limits.body_timeout)
+        self._in_body = True
+        self._disarm()  # the header deadline; the body's is armed after this read if the body is not whole
         limit = self.limits.max_connections
         if len(self.connections) >= limit or len(self.tasks) >= limit:
             self.app = _service_unavailable
@@ -187,6 +197,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._in_body = False
         self._reading_headers = True
         self._header_bytes = 0
         super().on_message_complete()
