@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,18 @@ def test_history_queries_search_an_index_and_scan_no_table(tmp_path: Path, selec
         tables = [step for step in plan if step.startswith("SCAN") and step != "SCAN matching"]
         assert tables == [], (sql, plan)
         assert any(step.startswith("SEARCH") for step in plan), plan
+
+
+def test_a_count_by_time_alone_searches_the_received_at_index(tmp_path: Path) -> None:
+    """`ORDER BY seq` in the count walked the whole table in seq order when the window held fewer than the cap."""
+    db = tmp_path / "events.db"
+    run(str(db), lambda store: asyncio.sleep(0))
+    since = datetime(2026, 12, 4, tzinfo=UTC)
+    sql, params = count_events_sql(EventFilter(since=since), cap=1000, mark="?", time=iso)
+    plan = [row[-1] for row in query(db, "EXPLAIN QUERY PLAN " + sql, tuple(params))]
+    assert [step for step in plan if step.startswith(("SCAN", "SEARCH")) and step != "SCAN matching"] == [
+        "SEARCH events USING COVERING INDEX events_received_at (received_at>?)"
+    ]
 
 
 # -- through the dispatcher -------------------------------------------------------------------
