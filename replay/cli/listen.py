@@ -11,7 +11,7 @@ import click
 from receiver.errors import MontraHooksError
 from receiver.loopback import is_loopback
 
-from .options import PATTERN, json_option, secret_option, sending_secret, target_url
+from .options import PATTERN, allow_remote_option, json_option, secret_option, sending_secret, target_url
 
 __all__ = ["listen"]
 
@@ -45,7 +45,7 @@ __all__ = ["listen"]
     help="Cursor file (default .montra-hooks/listen-<hash>.json).",
 )
 @json_option("One JSON object per delivered event.")
-@click.option("--allow-remote", is_flag=True, help="Allow a --forward-to that is not on loopback.")
+@allow_remote_option
 @click.option(
     "--backoff",
     default=0.5,
