@@ -29,7 +29,7 @@ from .errors import ConfigurationError, VerificationError
 __all__ = ["Verifier", "generate_secret", "generate_signing_key", "sign"]
 
 _MAX_TOKENS = 16
-_MAX_ID_LENGTH = 256
+MAX_ID_LENGTH = 256
 _MAX_TIMESTAMP_DIGITS = 12
 # The longest strict base64 a signature can have (v1a: 64 bytes -> 88 chars); longer tokens cannot
 # match, so they are skipped before the decoder sees them.
@@ -164,7 +164,7 @@ class Verifier:
             raise VerificationError(
                 "missing_headers", "webhook-id is empty; it must be 1 to 256 printable ASCII characters, no spaces"
             )
-        if not (len(msg_id) <= _MAX_ID_LENGTH and msg_id.isascii() and msg_id.isprintable() and " " not in msg_id):
+        if not (len(msg_id) <= MAX_ID_LENGTH and msg_id.isascii() and msg_id.isprintable() and " " not in msg_id):
             raise VerificationError(
                 "missing_headers", "webhook-id must be 1 to 256 printable ASCII characters, no spaces"
             )
@@ -273,7 +273,7 @@ def sign(
         raise ConfigurationError("a whpk_ public key can only verify; sign with its whsk_ key or a whsec_ secret")
     if msg_id is None:
         msg_id = "msg_" + "".join(_random.choice(_ID_ALPHABET) for _ in range(24))
-    elif not (0 < len(msg_id) <= _MAX_ID_LENGTH and msg_id.isascii() and msg_id.isprintable() and " " not in msg_id):
+    elif not (0 < len(msg_id) <= MAX_ID_LENGTH and msg_id.isascii() and msg_id.isprintable() and " " not in msg_id):
         raise ConfigurationError("msg_id must be 1 to 256 printable ASCII characters without spaces")
     if timestamp is None:
         seconds = int(time.time())

@@ -13,25 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from receiver.replays import REPLAY_OF_HEADER, original_id, replay_id
 from receiver.verify import sign
 
 if TYPE_CHECKING:
     import httpx
 
 __all__ = ["REPLAY_OF_HEADER", "HttpTarget", "Outgoing", "Result", "pump", "replay_id"]
-
-REPLAY_OF_HEADER = "montra-replay-of"
-"""Carries the original webhook-id of a replayed event that was given a new id."""
-
-_MAX_ID = 256
-_SUFFIX = len("_r") + 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +41,7 @@ class Outgoing:
     @property
     def original_id(self) -> str:
         """The id this event was first sent under: a stored replay names it in `montra-replay-of`."""
-        return self.headers.get(REPLAY_OF_HEADER) or self.id
+        return original_id(self.id, self.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +63,6 @@ class Result:
     handlers: tuple[str, ...] = ()
     detail: str | None = None
     """The handlers' tracebacks when they failed in-process."""
-
-
-def replay_id(original: str) -> str:
-    """A new webhook-id for a replay: `{original}_r{8 random hex}`, so a receiver runs it again.
-
-    Give it the first id (`Outgoing.original_id`): a replay of a replay keeps one suffix.
-    """
-    # Ids are at most 256 characters; a longer original is cut, and montra-replay-of keeps it whole.
-    return f"{original[: _MAX_ID - _SUFFIX]}_r{secrets.token_hex(4)}"
 
 
 class HttpTarget:
