@@ -27,6 +27,7 @@ from .dispatch import Dispatcher, DispatchSettings
 from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, VerificationError
 from .event import parse_envelope, resource_refs
 from .hooks import Hooks
+from .ordering import order_time, run_ordering
 from .retention import Retention
 from .stores.open import DEFAULT_DB, open_store
 from .stores.protocol import Incoming, Store
@@ -326,6 +327,8 @@ class MontraApp:
         event_id = headers.get("webhook-id") or headers["svix-id"]
         event_type: str = envelope["type"]
         occurred_at = envelope.get("timestamp")
+        registrations = self.hooks.handlers_for(event_type)
+        refs = resource_refs(event_type, envelope.get("data"))
         incoming = Incoming(
             id=event_id,
             type=event_type,
@@ -334,8 +337,10 @@ class MontraApp:
             received_at=time.time(),
             headers=headers,
             body=body,
-            handlers=[r.name for r in self.hooks.handlers_for(event_type)],
-            refs=resource_refs(event_type, envelope.get("data")),
+            handlers=[r.name for r in registrations],
+            refs=refs,
+            ordering=run_ordering(registrations, refs),
+            order_at=order_time(occurred_at),
         )
         store, dispatcher = self.store, self._dispatcher
         assert dispatcher is not None

@@ -170,6 +170,7 @@ class Dispatcher:
             lease=self.settings.lease,
             limit=len(names),
             event_id=event_id,
+            ordered=self._ordered(),
         )
         events = await self._load_events(runs)
         outcomes = await asyncio.gather(*(self._execute(run, events.get(run.event_id)) for run in runs))
@@ -180,7 +181,16 @@ class Dispatcher:
         for run in await self.store.get_runs(event_id):
             if run.status == "running" and run.handler not in claimed and run.handler in names:
                 failures.append((run.handler, "Still running for an earlier delivery of this event."))
+            elif run.status in ("pending", "failed") and run.handler not in claimed and run.handler in names:
+                # Held back by an earlier event about the same resource (ordered_by): not done, so not a 2xx.
+                waiting = await self.store.waiting_for(event_id, run.handler)
+                about = f"event {waiting.event_id} ({waiting.status})" if waiting else "an earlier event"
+                failures.append((run.handler, f"Waiting for {about} about the same resource to be handled first."))
         return failures
+
+    def _ordered(self) -> bool:
+        """True when a registered handler is `ordered_by` a resource: claims then check what holds runs back."""
+        return any(r is not None and r.ordered_by is not None for r in map(self.hooks.get, self.hooks.names))
 
     def _ensure_renewing(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -199,7 +209,12 @@ class Dispatcher:
             runs: list[Run] = []
             try:
                 runs = await self.store.claim(
-                    owner=self.owner, handlers=self.hooks.names, now=time.time(), lease=self.settings.lease, limit=free
+                    owner=self.owner,
+                    handlers=self.hooks.names,
+                    now=time.time(),
+                    lease=self.settings.lease,
+                    limit=free,
+                    ordered=self._ordered(),
                 )
             except Exception as e:  # the store may be briefly unwritable: keep polling, never die
                 log.error("could not claim handler runs: %s", e)
@@ -305,7 +320,9 @@ class Dispatcher:
                 outcome = self._failed(run, max_attempts, "Could not load the event.\n" + _describe(loaded))
                 await self._record(run, outcome, started, None)
                 return outcome
-            event = None if loaded is None else dataclasses.replace(loaded, attempt=run.attempts)
+            event = (
+                None if loaded is None else dataclasses.replace(loaded, attempt=run.attempts, superseded=run.superseded)
+            )
             if event is None:
                 outcome = Outcome("dead", "Not run: the event is no longer stored.")
             elif run.attempts > max_attempts and is_takeover(run):
@@ -382,6 +399,9 @@ class Dispatcher:
                 extra={**fields, "outcome": "lease_lost"},
             )
             return
+        if outcome.status in ("succeeded", "dead") and self._ordered():
+            # The store let the next run of this resource go (`finish`): claim it now, not at the next poll.
+            self._wakeup.set()
         if self._on_try is not None:
             ran = event is not None and outcome.attempts is None  # otherwise it was given up without a try
             self._on_try(run.handler, label, finished - started if ran else None)

@@ -51,6 +51,8 @@ class Event:
     timestamp: datetime | None = None
     previous_attributes: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    superseded: bool = False
+    """For a handler `ordered_by` a resource: it already finished a newer event (by `timestamp`) about it."""
 
     @property
     def refs(self) -> dict[str, str]:

@@ -9,6 +9,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -28,6 +29,7 @@ __all__ = [
     "import_hooks",
     "is_async_callable",
     "matches",
+    "validate_ordering",
     "validate_pattern",
 ]
 
@@ -61,6 +63,34 @@ def validate_pattern(pattern: str) -> str:
     return pattern
 
 
+def validate_ordering(ordered_by: object, hold_on_dead: object) -> None:
+    """Raise ConfigurationError unless `ordered_by` is None or a resource kind, and `hold_on_dead` a bool
+    (True only with `ordered_by`)."""
+    if not isinstance(hold_on_dead, bool):
+        raise ConfigurationError(f"hold_on_dead is True or False, got {hold_on_dead!r}.")
+    if ordered_by is None:
+        if hold_on_dead:
+            raise ConfigurationError(
+                "hold_on_dead=True needs ordered_by: name the resource whose runs it holds back, "
+                "e.g. hooks.on('subscription.*', ordered_by='subscription', hold_on_dead=True)."
+            )
+        return
+    # A kind is what event_refs stores: a type's prefix (`subscription`) or a `data.<kind>_id` field's stem.
+    if not isinstance(ordered_by, str) or not _KIND.fullmatch(ordered_by):
+        raise ConfigurationError(
+            f"ordered_by names a resource kind, such as 'subscription' or 'customer' (the prefix of an event "
+            f"type, or a data.<kind>_id field without '_id'), got {ordered_by!r}."
+        )
+    if ordered_by.endswith("_id"):
+        raise ConfigurationError(
+            f"ordered_by names a resource kind, not its id field: write ordered_by={ordered_by[:-3]!r}, "
+            f"which orders by data.{ordered_by} (or data.id for {ordered_by[:-3]}.* events)."
+        )
+
+
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 def matches(pattern: str, event_type: str) -> bool:
     """`*` matches every type, `prefix.*` every type below `prefix` at any depth, anything else itself."""
     if pattern == "*":
@@ -80,6 +110,10 @@ class Registration:
     is_async: bool
     max_attempts: int | None
     timeout: float
+    ordered_by: str | None = None
+    """A resource kind (`subscription`): runs for events about one such resource go one at a time, in order."""
+    hold_on_dead: bool = False
+    """With `ordered_by`: a dead run keeps holding back the resource's later runs until it is retried."""
 
     async def call(self, event: Event, *, executor: Executor | None = None) -> None:
         """Run one try of this handler on `event`, within its timeout; raise HandlerTimeout past it.
@@ -165,16 +199,22 @@ class Hooks:
         name: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        ordered_by: str | None = None,
+        hold_on_dead: bool = False,
     ) -> Callable[[H], H]:
         """Register a handler for event types: exact (`refund.created`), prefixes (`subscription.*`) or `*`.
 
         `name` defaults to `module.qualname` and must stay stable: runs are recorded under it.
         `max_attempts` (the first try included) and `timeout` (seconds) override the receiver's defaults.
+        `ordered_by="subscription"`: this handler's runs for events about one subscription never overlap and
+        start in `timestamp` order; a failed run holds back the later ones until it succeeds or is dead
+        (`hold_on_dead=True`: until it is retried and succeeds).
         """
         if not patterns:
             raise ConfigurationError("hooks.on() needs at least one event type or pattern, e.g. hooks.on('*').")
         for pattern in patterns:
             validate_pattern(pattern)
+        validate_ordering(ordered_by, hold_on_dead)
         if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
             raise ConfigurationError(f"max_attempts must be a whole number, at least 1, got {max_attempts!r}.")
         if timeout is not None and not timeout > 0:
@@ -195,6 +235,8 @@ class Hooks:
                 is_async=is_async_callable(fn),
                 max_attempts=max_attempts,
                 timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+                ordered_by=ordered_by,
+                hold_on_dead=hold_on_dead,
             )
             self._by_type.clear()
             return fn

@@ -21,6 +21,8 @@ __all__ = [
     "ATTEMPT_OUTCOME",
     "BACKLOG_STATUSES",
     "CRASHED_ERROR",
+    "HELD",
+    "HOLD_RECHECK",
     "MAX_MERGED_TYPES",
     "MAX_REJECTIONS",
     "PROCESS_DIED",
@@ -28,6 +30,7 @@ __all__ = [
     "REJECTED_BODY_BYTES",
     "REJECTION_COLUMNS",
     "SENSITIVE_HEADERS",
+    "SUPERSEDED",
     "TAKEOVER_NOTE",
     "Attempt",
     "Backlog",
@@ -38,6 +41,7 @@ __all__ = [
     "Run",
     "Store",
     "StoredEvent",
+    "Waiting",
     "backlog_from",
     "count_events_sql",
     "distinct_types_sql",
@@ -110,6 +114,12 @@ class Incoming:
     handlers: Sequence[str] = ()
     refs: Sequence[tuple[str, str]] = ()
     """(kind, id) pairs from `receiver.event.resource_refs`, stored in `event_refs` with the event."""
+    ordering: Mapping[str, tuple[str, bool]] = dataclasses.field(default_factory=dict)
+    """For each ordered handler among `handlers` (`ordered_by`), the event's resource id of that kind and
+    the handler's `hold_on_dead`: its run's `order_key` and `hold_on_dead`. Handlers absent run unordered."""
+    order_at: float | None = None
+    """The envelope's `timestamp` in Unix seconds, when it has a readable one: ordered runs start in this
+    order (then `seq`); without one, `received_at` stands in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +167,42 @@ class Run:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_ms: float | None = None
+    superseded: bool = False
+    """Set by `claim` for an ordered run: its handler already succeeded on a newer event about the resource."""
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The run an ordered run waits for (`Store.waiting_for`): the same handler, an earlier event on its resource."""
+
+    event_id: str
+    status: RunStatus
+    attempts: int
+    next_attempt_at: datetime | None = None
+
+
+HOLD_RECHECK = 10.0
+"""Seconds a claim parks a run held back by an earlier one (its `next_attempt_at` moves this far ahead), so
+claims and `next_due` skip it without probing it again. A finish releases the next run at once; this bound
+only matters when the run it waits for ends another way (pruned, edited by hand)."""
+# What holds back an ordered run `r` (a `handler_runs` row): an earlier run (by order_at, then order_seq) of the
+# same handler and resource not finished, or dead when `r` holds on dead; or any other run of them running under
+# a live lease (an event that arrived late may be earlier than one already running). Each EXISTS is a range of
+# the (handler, order_key, status, order_at, order_seq) index: the finished history is never read.
+# Parameter: the claim's time (`{now}`), in the backend's placeholder.
+HELD = (
+    "(EXISTS (SELECT 1 FROM handler_runs p WHERE p.handler = r.handler AND p.order_key = r.order_key "
+    "AND p.status IN ('pending', 'running', 'failed') AND (p.order_at, p.order_seq) < (r.order_at, r.order_seq)) "
+    "OR (r.hold_on_dead AND EXISTS (SELECT 1 FROM handler_runs p WHERE p.handler = r.handler "
+    "AND p.order_key = r.order_key AND p.status = 'dead' AND (p.order_at, p.order_seq) < (r.order_at, r.order_seq))) "
+    "OR EXISTS (SELECT 1 FROM handler_runs p WHERE p.handler = r.handler AND p.order_key = r.order_key "
+    "AND p.status = 'running' AND p.lease_until >= {now} AND p.event_id <> r.event_id))"
+)
+# A newer event (by order_at alone: the envelope's time) about the same resource already succeeded.
+SUPERSEDED = (
+    "EXISTS (SELECT 1 FROM handler_runs p WHERE p.handler = r.handler AND p.order_key = r.order_key "
+    "AND p.status = 'succeeded' AND p.order_at > r.order_at)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,9 +384,26 @@ class Store(Protocol):
     # `finish` records the try in `handler_attempts` in the same transaction (`outcome`, or the one the new
     # status implies), unless `attempts=` says none was made; a claim that takes over a run still `running`
     # records that try as `crashed`.
+    # With `ordered=True` (some of `handlers` are `ordered_by` a resource) a run with an `order_key` is taken
+    # only when nothing holds it back (HELD): one run of a handler per resource at a time, earliest first.
+    # A held run is parked (HOLD_RECHECK) rather than probed at every claim, and `finish` of a run that
+    # succeeded or died releases the next one of its resource at once. `Run.superseded` is set for the others.
     async def claim(
-        self, *, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None = None
+        self,
+        *,
+        owner: str,
+        handlers: Sequence[str],
+        now: float,
+        lease: float,
+        limit: int,
+        event_id: str | None = None,
+        ordered: bool = False,
     ) -> list[Run]: ...
+    async def waiting_for(self, event_id: str, handler: str) -> Waiting | None:
+        """The run this ordered run waits for: the earliest unfinished earlier one of its handler and resource
+        (dead counts when it holds on dead), else one running now; None when it waits for nothing."""
+        ...
+
     async def renew(self, *, owner: str, until: float) -> int: ...
     async def finish(
         self,

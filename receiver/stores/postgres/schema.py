@@ -187,6 +187,19 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE rejections ADD COLUMN message text;
     ALTER TABLE rejections ADD COLUMN detail jsonb;
     """,
+    # 5: per-resource ordering: existing rows kept, and unordered (their order_key stays NULL). An ordered run
+    # carries its resource, its event's time and seq, and whether a dead run holds back its successors, so the
+    # claim's "is an earlier one unfinished" probe is one range of one index. Partial: unordered runs cost no
+    # entry; status in the key: a probe reads only unfinished runs (or, for `superseded`, succeeded ones).
+    # The new columns have constant defaults: adding them rewrites no row.
+    """
+    ALTER TABLE handler_runs ADD COLUMN order_key text;
+    ALTER TABLE handler_runs ADD COLUMN order_at timestamptz;
+    ALTER TABLE handler_runs ADD COLUMN order_seq bigint;
+    ALTER TABLE handler_runs ADD COLUMN hold_on_dead boolean NOT NULL DEFAULT false;
+    CREATE INDEX handler_runs_order ON handler_runs (handler, order_key, status, order_at, order_seq)
+        WHERE order_key IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -35,6 +36,7 @@ from ..open import redact_url
 from ..protocol import (
     ATTEMPT_COLUMNS,
     ATTEMPT_OUTCOME,
+    HOLD_RECHECK,
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
     REJECTION_COLUMNS,
@@ -46,6 +48,7 @@ from ..protocol import (
     Rejection,
     Run,
     StoredEvent,
+    Waiting,
     backlog_from,
     count_events_sql,
     distinct_types_sql,
@@ -57,7 +60,18 @@ from ..protocol import (
 )
 from .batches import Batches
 from .schema import check_schema, migrate
-from .sql import EVENT_COLUMNS, FINISH, INGEST, PRUNE, RUN_COLUMNS, claim_sql
+from .sql import (
+    CLAIM_ORDERED,
+    EVENT_COLUMNS,
+    FINISH,
+    INGEST,
+    PRUNE,
+    RELEASE,
+    RELEASE_LOCK,
+    RUN_COLUMNS,
+    candidates_sql,
+    claim_sql,
+)
 
 __all__ = ["POOL_SIZE", "PRUNE_BATCH", "PostgresStore"]
 
@@ -73,6 +87,21 @@ HORIZON_WAIT = 0.2
 """Seconds `seq_bounds` waits for batches in flight below already committed rows to commit."""
 MAX_PENDING_REJECTIONS = 100
 """Rejections being written at once; more are answered but not recorded."""
+
+_HELD_SLACK = 32
+"""Due runs an ordered claim reads beyond its limit, so that runs held back do not fill the claim."""
+_RUN_ORDER = (
+    "SELECT handler, order_key, order_at, order_seq, hold_on_dead FROM handler_runs "
+    "WHERE event_id = %s AND handler = %s"
+)
+_EARLIER_UNFINISHED = (
+    "SELECT event_id, status, attempts, next_attempt_at FROM handler_runs WHERE handler = %s AND order_key = %s "
+    "AND status = ANY (%s) AND (order_at, order_seq) < (%s, %s) ORDER BY order_at, order_seq LIMIT 1"
+)
+_RUNNING_NOW = (
+    "SELECT event_id, status, attempts, next_attempt_at FROM handler_runs WHERE handler = %s AND order_key = %s "
+    "AND status = 'running' AND lease_until >= %s AND event_id <> %s LIMIT 1"
+)
 
 _CHANNEL = "montra_events"
 """What instances LISTEN on: a batch was committed (no payload; readers read the store)."""
@@ -139,6 +168,11 @@ class PostgresStore:
             "run_ids": [item.id for item, _ in firsts.values() for _ in item.handlers],
             "run_handlers": [name for item, _ in firsts.values() for name in item.handlers],
             "run_due": [at for item, at in firsts.values() for _ in item.handlers],
+            # Ordered runs carry their resource, their event's time (the envelope's, else received_at) and
+            # hold_on_dead; the others NULL, NULL, false.
+            "run_keys": [_order_key(item, name) for item, _ in firsts.values() for name in item.handlers],
+            "run_order_at": [_order_at(item, at, name) for item, at in firsts.values() for name in item.handlers],
+            "run_holds": [_order_hold(item, name) for item, _ in firsts.values() for name in item.handlers],
             "ref_ids": [item.id for item, _ in firsts.values() for _ in item.refs],
             "ref_kinds": [kind for item, _ in firsts.values() for kind, _ in item.refs],
             "ref_values": [ref for item, _ in firsts.values() for _, ref in item.refs],
@@ -211,11 +245,21 @@ class PostgresStore:
         return None
 
     async def claim(
-        self, *, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None = None
+        self,
+        *,
+        owner: str,
+        handlers: Sequence[str],
+        now: float,
+        lease: float,
+        limit: int,
+        event_id: str | None = None,
+        ordered: bool = False,
     ) -> list[Run]:
         """Take up to `limit` due runs; with `event_id`, every unfinished run of it. Locked rows are skipped."""
         if not handlers or limit <= 0:
             return []
+        if ordered:
+            return await self._claim_ordered(owner, handlers, now, lease, limit, event_id)
         params = {
             "owner": owner,
             "handlers": list(handlers),
@@ -225,6 +269,53 @@ class PostgresStore:
             "event_id": event_id,
         }
         return [_run(row) for row in await self._fetch(claim_sql(event=event_id is not None), params)]
+
+    async def _claim_ordered(
+        self, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None
+    ) -> list[Run]:
+        """Two statements in one transaction, so that instances never run one resource's runs at once.
+
+        The first row-locks the candidates and takes a transaction-scoped advisory lock per (handler,
+        resource), skipping resources another claim holds; the second judges them in a snapshot taken
+        after those locks were granted, so it sees whatever the claim that held one before committed. A
+        single statement could not: its snapshot predates the locks it waits for. (`FOR UPDATE SKIP LOCKED`
+        alone locks the candidate rows, not the earlier runs the probe reads, nor a late event's new row.)
+        """
+        first = {
+            "handlers": list(handlers),
+            "now": _time(now),
+            "scan": limit + _HELD_SLACK if event_id is None else limit,
+            "event_id": event_id,
+        }
+        async with self._connection() as conn, conn.transaction():
+            candidates = await (
+                await conn.execute(candidates_sql(event=event_id is not None).encode(), first)
+            ).fetchall()
+            if not candidates:
+                return []
+            second = {
+                "ids": [event for event, _ in candidates],
+                "names": [name for _, name in candidates],
+                "now": _time(now),
+                "limit": limit,
+                "park": event_id is None,
+                "recheck": _time(now + HOLD_RECHECK),
+                "owner": owner,
+                "until": _time(now + lease),
+            }
+            rows = await (await conn.execute(CLAIM_ORDERED.encode(), second)).fetchall()
+        return [dataclasses.replace(_run(row[:-1]), superseded=bool(row[-1])) for row in rows]
+
+    async def waiting_for(self, event_id: str, handler: str) -> Waiting | None:
+        rows = await self._fetch_unless_older(_RUN_ORDER, (event_id, handler))
+        if not rows or rows[0][1] is None:
+            return None
+        name, key, order_at, order_seq, hold = rows[0]
+        statuses = ["pending", "running", "failed", *(["dead"] if hold else [])]
+        found = await self._fetch(_EARLIER_UNFINISHED, (name, key, statuses, order_at, order_seq))
+        if not found:
+            found = await self._fetch(_RUNNING_NOW, (name, key, _time(time.time()), event_id))
+        return Waiting(*found[0]) if found else None
 
     async def renew(self, *, owner: str, until: float) -> int:
         sql = "UPDATE handler_runs SET lease_until = %s WHERE lease_owner = %s AND status = 'running'"
@@ -257,7 +348,12 @@ class PostgresStore:
             "outcome": outcome or ATTEMPT_OUTCOME.get(status, "failed"),
             "record": attempts is None,
         }
-        [(count,)] = await self._fetch(FINISH, params)
+        [(count, key)] = await self._fetch(FINISH, params)
+        if count == 1 and key is not None and status in ("succeeded", "dead"):
+            release = {"handler": handler, "key": key, "now": _time(finished_at)}
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute(RELEASE_LOCK.encode(), release)
+                await conn.execute(RELEASE.encode(), release)
         return bool(count == 1)
 
     async def release(self, *, owner: str) -> int:
@@ -540,6 +636,22 @@ def _event(row: tuple[Any, ...]) -> StoredEvent:
 
 def _run(row: tuple[Any, ...]) -> Run:
     return Run(*row)
+
+
+def _order_key(item: Incoming, handler: str) -> str | None:
+    order = item.ordering.get(handler)
+    return None if order is None else order[0]
+
+
+def _order_at(item: Incoming, received: datetime, handler: str) -> datetime | None:
+    if handler not in item.ordering:
+        return None
+    return received if item.order_at is None else _time(item.order_at)
+
+
+def _order_hold(item: Incoming, handler: str) -> bool:
+    order = item.ordering.get(handler)
+    return order is not None and order[1]
 
 
 def _rejection(row: tuple[Any, ...]) -> Rejection:

@@ -110,6 +110,19 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE rejections ADD COLUMN message TEXT;
     ALTER TABLE rejections ADD COLUMN detail TEXT;
     """,
+    # 3: per-resource ordering (issue 15): existing rows kept, and unordered (their order_key stays NULL).
+    # An ordered run carries its resource, its event's time and seq, and whether a dead run holds its successors,
+    # so the claim's "is an earlier one unfinished" probe is one range of one index, whatever the history.
+    # The index is partial: unordered runs (most) cost no entry; status is in the key, so a probe reads only
+    # unfinished runs (or, for `superseded`, the succeeded ones after a time).
+    """
+    ALTER TABLE handler_runs ADD COLUMN order_key TEXT;
+    ALTER TABLE handler_runs ADD COLUMN order_at TEXT;
+    ALTER TABLE handler_runs ADD COLUMN order_seq INTEGER;
+    ALTER TABLE handler_runs ADD COLUMN hold_on_dead INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX handler_runs_order ON handler_runs (handler, order_key, status, order_at, order_seq)
+        WHERE order_key IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -26,9 +27,12 @@ from ..protocol import (
     ATTEMPT_COLUMNS,
     ATTEMPT_OUTCOME,
     CRASHED_ERROR,
+    HELD,
+    HOLD_RECHECK,
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
     REJECTION_COLUMNS,
+    SUPERSEDED,
     TAKEOVER_NOTE,
     Attempt,
     Backlog,
@@ -38,6 +42,7 @@ from ..protocol import (
     Rejection,
     Run,
     StoredEvent,
+    Waiting,
     backlog_from,
     count_events_sql,
     distinct_types_sql,
@@ -58,6 +63,8 @@ PRUNE_BATCH = 100
 """Events one prune transaction deletes at most: about 40 us each on a loaded 2-core machine (five
 indexes of events, three of runs, the status trigger), so a batch holds the write lock a few ms."""
 ANALYSIS_LIMIT = 1000
+_HELD_SLACK = 32
+"""Due runs an ordered claim reads beyond its limit, so that runs held back do not fill the claim."""
 
 
 T = TypeVar("T")
@@ -82,7 +89,10 @@ _RECORD_CRASHED = (
     f"INSERT INTO handler_attempts ({ATTEMPT_COLUMNS}) SELECT event_id, handler, attempts, lease_owner, started_at, "
     f"NULL, NULL, 'crashed', {CRASHED_ERROR} FROM handler_runs WHERE rowid IN ({{rows}}) AND status = 'running'"
 )
-_INSERT_RUN = "INSERT INTO handler_runs (event_id, handler, status, next_attempt_at) VALUES (?, ?, 'pending', ?)"
+_INSERT_RUN = (
+    "INSERT INTO handler_runs (event_id, handler, status, next_attempt_at, order_key, order_at, order_seq, "
+    "hold_on_dead) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)"
+)
 # A resend is a request to try again: dead runs get a fresh cycle of attempts; the others are left alone.
 # `+status` keeps the planner on the primary key (one event's few runs): on the status index it read
 # every dead run in the store, inside the batch, on the event loop, for each duplicate.
@@ -108,6 +118,45 @@ _BACKLOG_OLDEST = (
     "(SELECT min(lease_until) FROM handler_runs WHERE status = 'running')"
 )
 _UNFINISHED = "event_id = ? AND (status IN ('pending', 'failed', 'dead') OR (status = 'running' AND lease_until < ?))"
+# Ordered claims: the due runs (as `_DUE`, a few more than asked for, so held ones can be passed over), each with
+# whether something holds it back and whether it is superseded; both are index probes of ordered runs only.
+_DUE_CANDIDATES = (
+    "SELECT rowid AS run, next_attempt_at AS due FROM handler_runs WHERE handler IN ({names}) "
+    "AND status IN ('pending', 'failed') AND next_attempt_at <= ? UNION ALL SELECT rowid, next_attempt_at "
+    "FROM handler_runs WHERE handler IN ({names}) AND status = 'running' AND lease_until < ? ORDER BY due LIMIT ?"
+)
+_EVENT_CANDIDATES = (
+    f"SELECT rowid AS run, next_attempt_at AS due FROM handler_runs WHERE handler IN ({{names}}) AND {_UNFINISHED} "
+    "ORDER BY next_attempt_at LIMIT ?"
+)
+_WITH_HOLDS = (
+    f"SELECT d.run, r.order_key IS NOT NULL AND {HELD.format(now='?')}, r.order_key IS NOT NULL AND {SUPERSEDED} "
+    "FROM ({candidates}) AS d JOIN handler_runs r ON r.rowid = d.run ORDER BY d.due"
+)
+# A held run waits off the due range (claims and `next_due` skip it); one still `running` under a lapsed lease
+# had its try crash (recorded as for any takeover) and goes back to pending: the try it used still counts.
+_PARK = (
+    "UPDATE handler_runs SET status = CASE WHEN status = 'running' THEN 'pending' ELSE status END, "
+    f"lease_owner = NULL, lease_until = NULL, next_attempt_at = ?, {TAKEOVER_NOTE} WHERE rowid IN ({{rows}})"
+)
+# A run of an ordered handler that succeeded or died lets the next one of its resource go now, not at its recheck.
+_RELEASE = (
+    "UPDATE handler_runs SET next_attempt_at = ? WHERE rowid = (SELECT n.rowid FROM handler_runs f "
+    "JOIN handler_runs n ON n.handler = f.handler AND n.order_key = f.order_key "
+    "WHERE f.event_id = ? AND f.handler = ? AND n.status = 'pending' ORDER BY n.order_at, n.order_seq LIMIT 1) "
+    "AND next_attempt_at > ?"
+)
+_RUN_ORDER = (
+    "SELECT handler, order_key, order_at, order_seq, hold_on_dead FROM handler_runs WHERE event_id = ? AND handler = ?"
+)
+_EARLIER_UNFINISHED = (
+    "SELECT event_id, status, attempts, next_attempt_at FROM handler_runs WHERE handler = ? AND order_key = ? "
+    "AND status IN ({statuses}) AND (order_at, order_seq) < (?, ?) ORDER BY order_at, order_seq LIMIT 1"
+)
+_RUNNING_NOW = (
+    "SELECT event_id, status, attempts, next_attempt_at FROM handler_runs WHERE handler = ? AND order_key = ? "
+    "AND status = 'running' AND lease_until >= ? AND event_id <> ? LIMIT 1"
+)
 
 
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -215,7 +264,7 @@ class SQLiteStore:
             if cursor.rowcount == 1:
                 seq = cursor.lastrowid
                 if incoming.handlers:
-                    conn.executemany(_INSERT_RUN, [(incoming.id, name, received_at) for name in incoming.handlers])
+                    conn.executemany(_INSERT_RUN, _run_rows(incoming, seq, received_at))
                 if incoming.refs:
                     conn.executemany(_INSERT_REF, [(seq, kind, ref) for kind, ref in incoming.refs])
                 return IngestResult("stored", seq=seq)
@@ -268,11 +317,25 @@ class SQLiteStore:
         return True
 
     async def claim(
-        self, *, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None = None
+        self,
+        *,
+        owner: str,
+        handlers: Sequence[str],
+        now: float,
+        lease: float,
+        limit: int,
+        event_id: str | None = None,
+        ordered: bool = False,
     ) -> list[Run]:
-        """Take up to `limit` due runs with one atomic UPDATE; with `event_id`, every unfinished run of it."""
+        """Take up to `limit` due runs with one atomic UPDATE; with `event_id`, every unfinished run of it.
+
+        The claim runs in the writer's transaction, which holds the file's write lock: the probes of
+        ordered runs and the update are atomic across processes as well.
+        """
         if not handlers or limit <= 0:
             return []
+        if ordered:
+            return await self._claim_ordered(owner, handlers, now, lease, limit, event_id)
         names = ", ".join("?" * len(handlers))
         stamp = iso(now)
         if event_id is None:
@@ -300,6 +363,64 @@ class SQLiteStore:
             return [_run(row) for row in conn.execute(sql.format(rows=marks), (owner, iso(now + lease), stamp, *rows))]
 
         return await self._commits.run(op)
+
+    async def _claim_ordered(
+        self, owner: str, handlers: Sequence[str], now: float, lease: float, limit: int, event_id: str | None
+    ) -> list[Run]:
+        names = ", ".join("?" * len(handlers))
+        stamp = iso(now)
+        if event_id is None:
+            # A few more than `limit`: runs held back among the first are passed over (and parked) in one claim.
+            candidates = _DUE_CANDIDATES.format(names=names)
+            params = [stamp, *handlers, stamp, *handlers, stamp, limit + _HELD_SLACK]
+        else:
+            candidates = _EVENT_CANDIDATES.format(names=names)
+            params = [stamp, *handlers, event_id, stamp, limit]
+        select = _WITH_HOLDS.format(candidates=candidates)
+        update = (
+            "UPDATE handler_runs SET status = 'running', lease_owner = ?, lease_until = ?, "
+            f"attempts = attempts + 1, started_at = ?, finished_at = NULL, duration_ms = NULL, {TAKEOVER_NOTE} "
+            "WHERE rowid IN ({rows}) RETURNING rowid, " + _RUN_COLUMNS
+        )
+
+        def op(conn: sqlite3.Connection) -> list[Run]:
+            rows = conn.execute(select, params).fetchall()
+            free = [(row, bool(superseded)) for row, held, superseded in rows if not held][:limit]
+            # An inline claim (one event) leaves held runs as they are: the sender's retry asks again.
+            parked = [row for row, held, _ in rows if held] if event_id is None else []
+            taken = [row for row, _ in free]
+            if taken or parked:
+                every = [*taken, *parked]
+                conn.execute(_RECORD_CRASHED.format(rows=", ".join("?" * len(every))), every)
+            if parked:
+                conn.execute(_PARK.format(rows=", ".join("?" * len(parked))), [iso(now + HOLD_RECHECK), *parked])
+            if not taken:
+                return []
+            superseded = dict(free)
+            claimed = conn.execute(
+                update.format(rows=", ".join("?" * len(taken))), (owner, iso(now + lease), stamp, *taken)
+            )
+            return [dataclasses.replace(_run(row[1:]), superseded=superseded[row[0]]) for row in claimed]
+
+        return await self._commits.run(op)
+
+    async def waiting_for(self, event_id: str, handler: str) -> Waiting | None:
+        def op(conn: sqlite3.Connection) -> Waiting | None:
+            run = conn.execute(_RUN_ORDER, (event_id, handler)).fetchone()
+            if run is None or run[1] is None:
+                return None
+            name, key, order_at, order_seq, hold = run
+            statuses = "'pending', 'running', 'failed'" + (", 'dead'" if hold else "")
+            found = (
+                conn.execute(_EARLIER_UNFINISHED.format(statuses=statuses), (name, key, order_at, order_seq)).fetchone()
+                or conn.execute(_RUNNING_NOW, (name, key, iso(time.time()), event_id)).fetchone()
+            )
+            if found is None:
+                return None
+            other, status, attempts, due = found
+            return Waiting(other, status, attempts, parse_iso(due))
+
+        return await self._read(_unless_older_one, op)
 
     async def renew(self, *, owner: str, until: float) -> int:
         sql = "UPDATE handler_runs SET lease_until = ? WHERE lease_owner = ? AND status = 'running'"
@@ -332,7 +453,11 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> bool:
             if attempts is None:  # a try was made (`attempts=` corrects a count when none was)
                 conn.execute(_RECORD_TRY, tried)
-            return bool(conn.execute(sql, params).rowcount == 1)
+            held = conn.execute(sql, params).rowcount == 1
+            if held and status in ("succeeded", "dead"):
+                stamp = iso(finished_at)
+                conn.execute(_RELEASE, (stamp, event_id, handler, stamp))
+            return held
 
         return await self._commits.run(op)
 
@@ -530,6 +655,29 @@ class SQLiteStore:
             conn.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _run_rows(incoming: Incoming, seq: int | None, received_at: str) -> list[tuple[Any, ...]]:
+    """The `handler_runs` rows of a new event: ordered ones carry their resource, time, seq and hold_on_dead."""
+    order_at = iso(incoming.order_at if incoming.order_at is not None else incoming.received_at)
+    rows: list[tuple[Any, ...]] = []
+    for name in incoming.handlers:
+        order = incoming.ordering.get(name)
+        if order is None:
+            rows.append((incoming.id, name, received_at, None, None, None, 0))
+        else:
+            rows.append((incoming.id, name, received_at, order[0], order_at, seq, int(order[1])))
+    return rows
+
+
+def _unless_older_one(conn: sqlite3.Connection, read: Callable[[sqlite3.Connection], T | None]) -> T | None:
+    """`read(conn)`, or None from a store too old to hold what it reads (a read-only store is never migrated)."""
+    try:
+        return read(conn)
+    except sqlite3.OperationalError as e:
+        if _older_schema(e):
+            return None
+        raise
 
 
 def _older_schema(error: sqlite3.OperationalError) -> bool:
