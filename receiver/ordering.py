@@ -11,8 +11,9 @@ from datetime import UTC
 
 from .event import parse_timestamp
 from .hooks import Registration
+from .stores.protocol import Waiting, iso
 
-__all__ = ["order_time", "run_ordering"]
+__all__ = ["order_time", "run_ordering", "waiting_text"]
 
 
 def run_ordering(registrations: Iterable[Registration], refs: Sequence[tuple[str, str]]) -> dict[str, tuple[str, bool]]:
@@ -39,3 +40,17 @@ def order_time(timestamp: object) -> float | None:
         return moment.timestamp()
     except (OverflowError, OSError, ValueError):  # a year the platform's clock cannot count: no usable time
         return None
+
+
+def waiting_text(waiting: Waiting, max_attempts: int | None = None) -> str:
+    """`waiting for evt_... (failed, try 2 of 7)`: the earlier run of the same handler and resource in the way.
+
+    `max_attempts` is the handler's, when the caller knows its registration (the CLI reads only the store).
+    """
+    if waiting.status == "pending" and not waiting.attempts:
+        state = "pending, not tried yet"
+    else:
+        state = f"{waiting.status}, try {waiting.attempts}" + (f" of {max_attempts}" if max_attempts else "")
+    if waiting.status == "failed" and waiting.next_attempt_at is not None:
+        state += f", next try at {iso(waiting.next_attempt_at)}"
+    return f"waiting for {waiting.event_id} ({state})"

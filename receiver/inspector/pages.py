@@ -30,6 +30,7 @@ from ..command import command_name
 from ..errors import ConfigurationError
 from ..event import EventStatus
 from ..hooks import validate_pattern
+from ..ordering import waiting_text
 from ..stores.open import DEFAULT_DB
 from ..stores.protocol import REDACTED, EventFilter, Run, StoredEvent, iso
 from .access import InspectorAccess, Refusal, is_loopback_host
@@ -158,6 +159,7 @@ class Inspector:
         if event is None:
             return self._render(request, "not_found.html", {"event_id": event_id}, status_code=404)
         runs = await self.app.store.get_runs(event_id)
+        waiting = await self._waiting(request, event_id, runs)
         body_html, body_kind = body_view(event.body)
         requeued = _whole_number("requeued", request.query_params.get("requeued", "").strip())
         context = {
@@ -174,8 +176,24 @@ class Inspector:
             "state": _state(event, runs),
             "state_url": f"{_base(request)}/api/events/{quote(event_id, safe='')}",
             "requeued": requeued,
+            "waiting": waiting,
         }
         return self._render(request, "event.html", context)
+
+    async def _waiting(self, request: Request, event_id: str, runs: list[Run]) -> dict[str, dict[str, str]]:
+        """For each run of an ordered handler held back by an earlier event: that event, its link, and why."""
+        found: dict[str, dict[str, str]] = {}
+        for run in runs:
+            registration = self.app.hooks.get(run.handler)
+            if run.status not in ("pending", "failed") or registration is None or registration.ordered_by is None:
+                continue
+            waiting = await self.app.store.waiting_for(event_id, run.handler)
+            if waiting is not None:
+                limit = registration.max_attempts or self.app.settings.max_attempts
+                text = waiting_text(waiting, limit).removeprefix(f"waiting for {waiting.event_id} ")
+                url = _event_url(request, waiting.event_id)
+                found[run.handler] = {"event_id": waiting.event_id, "url": url, "state": text}
+        return found
 
     async def login(self, request: Request) -> Response:
         base = _base(request)

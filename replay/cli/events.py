@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
+from receiver.ordering import waiting_text
 from receiver.stores.open import redact_url
-from receiver.stores.protocol import Attempt, EventFilter, Run, Store, StoredEvent, iso
+from receiver.stores.protocol import Attempt, EventFilter, Run, Store, StoredEvent, Waiting, iso
 
 from .options import db_option, event_filter_options, json_option, run_on_store
 
@@ -123,13 +124,22 @@ def events_show(db: str, event_id: str, as_json: bool) -> None:
       montra-hooks events show msg_2Bc9XQ
     """
 
-    async def read(store: Store) -> tuple[StoredEvent | None, list[Run], list[tuple[str, str]], list[Attempt]]:
+    Shown = tuple[StoredEvent | None, list[Run], list[tuple[str, str]], list[Attempt], dict[str, Waiting]]
+
+    async def read(store: Store) -> Shown:
         event = await store.get_event(event_id)
         if event is None:
-            return None, [], [], []
-        return event, await store.get_runs(event_id), await store.get_refs(event_id), await store.get_attempts(event_id)
+            return None, [], [], [], {}
+        runs = await store.get_runs(event_id)
+        # An ordered run held back by an earlier event about the same resource: which one (None when unordered).
+        waiting: dict[str, Waiting] = {}
+        for run in runs:
+            found = await store.waiting_for(event_id, run.handler) if run.status in ("pending", "failed") else None
+            if found is not None:
+                waiting[run.handler] = found
+        return event, runs, await store.get_refs(event_id), await store.get_attempts(event_id), waiting
 
-    event, runs, refs, attempts = run_on_store(db, read)
+    event, runs, refs, attempts, waiting = run_on_store(db, read)
     if event is None:
         raise click.UsageError(
             f"No event {event_id!r} in {redact_url(db)}: `montra-hooks events list` shows what is stored."
@@ -138,7 +148,7 @@ def events_show(db: str, event_id: str, as_json: bool) -> None:
         shown = {
             **event_json(event),
             "resources": dict(refs),
-            "runs": [_run_json(run) for run in runs],
+            "runs": [{**_run_json(run), "waiting_for": _waiting_json(waiting.get(run.handler))} for run in runs],
             "attempts": [attempt_json(a) for a in attempts],
         }
         click.echo(json.dumps(shown))
@@ -152,6 +162,8 @@ def events_show(db: str, event_id: str, as_json: bool) -> None:
         click.echo("resources: " + ", ".join(f"{kind} {ref}" for kind, ref in refs))
     for run in runs:
         click.echo(f"\n{run.handler}: {run.status}, {run.attempts} attempt(s)")
+        if run.handler in waiting:
+            click.echo("  " + waiting_text(waiting[run.handler]))
         if run.last_error:
             click.echo("  " + run.last_error.rstrip().replace("\n", "\n  "))
         if run.next_attempt_at and run.status == "failed":
@@ -190,8 +202,16 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
     return {name: iso(value) if isinstance(value, datetime) else value for name, value in values.items()}
 
 
+def _waiting_json(waiting: Waiting | None) -> dict[str, Any] | None:
+    if waiting is None:
+        return None
+    values = {name: getattr(waiting, name) for name in waiting.__slots__}
+    return {name: iso(value) if isinstance(value, datetime) else value for name, value in values.items()}
+
+
 def _run_json(run: Run) -> dict[str, Any]:
-    values = {name: getattr(run, name) for name in run.__slots__}
+    # `superseded` is the claim's word to a handler, not part of the stored run.
+    values = {name: getattr(run, name) for name in run.__slots__ if name != "superseded"}
     return {name: iso(value) if isinstance(value, datetime) else value for name, value in values.items()}
 
 

@@ -556,7 +556,7 @@ class PostgresStore:
         try:
             return await self._fetch(sql, params)
         except StoreUnavailable as e:
-            if isinstance(e.__cause__, psycopg.errors.UndefinedTable):
+            if isinstance(e.__cause__, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)):
                 return []
             raise
 
