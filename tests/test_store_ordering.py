@@ -314,9 +314,7 @@ def test_the_migration_keeps_runs_and_leaves_them_unordered(store_url: str) -> N
             conn.execute("INSERT INTO handler_runs (event_id, handler, next_attempt_at) VALUES ('evt_1', 'h', now())")
     else:
         with sqlite3.connect(store_url) as conn:
-            conn.executescript(
-                sqlite_schema._MIGRATIONS[0] + sqlite_schema._MIGRATIONS[1] + "PRAGMA user_version = 2;"
-            )
+            conn.executescript(sqlite_schema._MIGRATIONS[0] + sqlite_schema._MIGRATIONS[1] + "PRAGMA user_version = 2;")
             conn.execute(
                 "INSERT INTO events (id, type, received_at, headers, body) "
                 "VALUES ('evt_1', 'a.b', '2026-01-01T00:00:00.000000Z', '{}', x'')"
