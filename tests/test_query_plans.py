@@ -56,7 +56,9 @@ def rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         events.append((event_id, TYPES[n % len(TYPES)], None, at, '{"content-type": "application/json"}', b"{}"))
         status = "dead" if n % 100 == 1 else "failed" if n % 100 == 2 else "pending" if n % 200 == 3 else "succeeded"
         due = NOW + 3600 if status == "failed" else at
-        runs.append((event_id, HANDLERS[n % 2], status, 1, due))
+        # Half the runs (one handler's) are ordered by one of 300 subscriptions: the ordering index has history.
+        order = (f"sub_{n % 300}", at, n + 1) if n % 2 == 0 else (None, None, None)
+        runs.append((event_id, HANDLERS[n % 2], status, 1, due, *order))
     return events, runs
 
 
@@ -97,6 +99,7 @@ async def exercise(store: Store) -> None:
     )
     assert finished
     await store.release(owner="w1")
+    await exercise_ordering(store, now)
     await store.requeue(ids=["evt_000101"])
     await store.next_due(HANDLERS)
     await store.orphaned_runs(HANDLERS)
@@ -130,6 +133,46 @@ async def exercise(store: Store) -> None:
     await store.optimize()
 
 
+async def exercise_ordering(store: Store, now: float) -> None:
+    """Ordered runs: ingest, the claims (due, one event), the park, waiting_for, a finish that releases the next."""
+    for n in range(2):  # evt_ord_1 occurred first: it holds evt_ord_0 back
+        ordered = Incoming(
+            id=f"evt_ord_{n}",
+            type="subscription.upgraded",
+            occurred_at=None,
+            received_at=time.time(),
+            headers={},
+            body=b"{}",
+            handlers=HANDLERS,
+            ordering={HANDLERS[0]: ("sub_7", n == 0)},
+            order_at=now - n,
+        )
+        assert (await store.ingest(ordered)).status == "stored"
+    later = time.time() + 1
+    await store.claim(owner="w3", handlers=HANDLERS, now=later, lease=30, limit=5, ordered=True)
+    held = await store.claim(
+        owner="w3", handlers=HANDLERS, now=later, lease=30, limit=5, event_id="evt_ord_0", ordered=True
+    )
+    head = await store.claim(
+        owner="w3", handlers=HANDLERS, now=later, lease=30, limit=5, event_id="evt_ord_1", ordered=True
+    )
+    assert [r.event_id for r in held if r.handler == HANDLERS[0]] == []
+    assert [r.event_id for r in head if r.handler == HANDLERS[0]] == ["evt_ord_1"]
+    waiting = await store.waiting_for("evt_ord_0", HANDLERS[0])
+    assert waiting is not None and waiting.event_id == "evt_ord_1"
+    assert await store.finish(
+        owner="w3",
+        event_id="evt_ord_1",
+        handler=HANDLERS[0],
+        status="succeeded",
+        error=None,
+        next_attempt_at=None,
+        finished_at=later,
+        duration_ms=1.0,
+    )
+    assert await store.waiting_for("evt_ord_0", HANDLERS[0]) is None
+
+
 def distinct(statements: list[str]) -> list[str]:
     """The statements worth explaining: no transaction control, pragmas or trigger bodies."""
     skip = ("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA", "ANALYZE", "--", "SAVEPOINT", "RELEASE", "NOTIFY", "LISTEN")
@@ -150,8 +193,9 @@ def build_sqlite(path: Path) -> None:
         [(e[0], e[1], e[2], iso(e[3]), e[4], e[5]) for e in events],
     )
     conn.executemany(
-        "INSERT INTO handler_runs (event_id, handler, status, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
-        [(r[0], r[1], r[2], r[3], iso(r[4])) for r in runs],
+        "INSERT INTO handler_runs (event_id, handler, status, attempts, next_attempt_at, order_key, order_at, "
+        "order_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(*r[:4], iso(r[4]), r[5], None if r[6] is None else iso(r[6]), r[7]) for r in runs],
     )
     conn.execute("COMMIT")
     conn.close()
@@ -237,10 +281,13 @@ def build_postgres(url: str) -> None:
                 copy.write_row((e[0], e[1], e[2], iso(e[3]), e[4], e[5]))
         with (
             conn.cursor() as cursor,
-            cursor.copy("COPY handler_runs (event_id, handler, status, attempts, next_attempt_at) FROM STDIN") as copy,
+            cursor.copy(
+                "COPY handler_runs (event_id, handler, status, attempts, next_attempt_at, order_key, order_at, "
+                "order_seq) FROM STDIN"
+            ) as copy,
         ):
             for r in runs:
-                copy.write_row((r[0], r[1], r[2], r[3], iso(r[4])))
+                copy.write_row((*r[:4], iso(r[4]), r[5], None if r[6] is None else iso(r[6]), r[7]))
         conn.execute("ANALYZE")
 
 
