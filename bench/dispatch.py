@@ -17,8 +17,14 @@ folder:
    the server-side receipt-to-handler-start latency under that load (p50/p99, from the stored
    `received_at` and `started_at`) and how long the backlog took to drain are reported too.
 
-Run `python bench/dispatch.py [--rounds 3] [--seconds 5] [--events 300] [--runs 10000]`; `main()`
-returns the figures for `bench/run.py`.
+4. Ordering cost: the same N events about R subscriptions (2,000 over 50 by default), stored with
+   pending runs of a no-op handler, resumed by a server whose handler is `ordered_by="subscription"`
+   and by one whose handler is not, in alternating rounds: runs per second (10% to 90%) of each, and
+   the median ordered/unordered ratio. One subscription's runs go one at a time, so at most R of the
+   `concurrency` slots can be busy; the ratio is what the per-resource checks of the claim cost.
+
+Run `python bench/dispatch.py [--rounds 3] [--seconds 5] [--events 300] [--runs 10000]
+[--ordered-events 2000] [--resources 50]`; `main()` returns the figures for `bench/run.py`.
 """
 
 from __future__ import annotations
@@ -77,6 +83,18 @@ _starts = (Path(__file__).parent / "starts.txt").open("a", buffering=1)
 @hooks.on("{EVENT_TYPE}", name="timed")
 async def timed(event: Event) -> None:
     _starts.write(f"{{event.id}} {{time.time()}}\\n")
+'''
+
+
+ORDERED_HANDLERS = f'''
+from receiver import Event, Hooks
+
+hooks = Hooks()
+
+
+@hooks.on("{EVENT_TYPE}", name="noop", ordered_by="subscription")
+async def noop(event: Event) -> None:
+    pass
 '''
 
 
@@ -220,6 +238,79 @@ def measure_throughput(workdir: Path, count: int) -> dict[str, float]:
     return {"runs_per_s": count * 0.8 / max(high - low, 0.02)}
 
 
+async def _store_about(db: Path, count: int, resources: int, *, ordered: bool) -> None:
+    """`count` events about `resources` subscriptions, occurred in arrival order, each with a pending `noop` run."""
+    store = SQLiteStore(db)
+    start = time.time() - count
+    try:
+        for first in range(0, count, 1000):
+            batch = []
+            for n in range(first, min(first + 1000, count)):
+                ref = f"sub_bench_{n % resources:04d}"
+                batch.append(
+                    Incoming(
+                        f"msg_ord_{n:07d}",
+                        EVENT_TYPE,
+                        None,
+                        time.time(),
+                        {},
+                        _body(n),
+                        ["noop"],
+                        refs=[("subscription", ref)],
+                        ordering={"noop": (ref, False)} if ordered else {},
+                        order_at=start + n,
+                    )
+                )
+            await asyncio.gather(*(store.ingest(incoming) for incoming in batch))
+    finally:
+        await store.close()
+
+
+def _resume_rate(workdir: Path, name: str, module: str, db: Path, count: int) -> float:
+    """Runs per second (10% to 90% succeeded) of a server started on `db`, which holds `count` pending runs."""
+    server = _Server(name, _serve_command("--app", f"{module}:hooks", "--db", str(db)), workdir)
+    samples: list[tuple[float, int]] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            samples.append((time.monotonic(), _succeeded(db)))
+            if samples[-1][1] >= count:
+                break
+            time.sleep(0.02)
+    finally:
+        server.stop()
+    if samples[-1][1] < count:
+        raise RuntimeError(f"{name}: only {samples[-1][1]} of {count} runs succeeded in 300 s")
+    low = next(t for t, done in samples if done >= count * 0.1)
+    high = next(t for t, done in samples if done >= count * 0.9)
+    return count * 0.8 / max(high - low, 0.02)
+
+
+def measure_ordering(workdir: Path, count: int, resources: int, rounds: int) -> dict[str, float]:
+    """Ordered against unordered dispatch of the same events, resumed from a store, in alternating rounds."""
+    (workdir / "noop_handlers.py").write_text(NOOP_HANDLERS)
+    (workdir / "ordered_handlers.py").write_text(ORDERED_HANDLERS)
+    rates: dict[str, list[float]] = {"unordered": [], "ordered": []}
+    print(f"  {'round':>5} {'unordered/s':>12} {'ordered/s':>10} {'o/u':>6}", flush=True)
+    for n in range(1, rounds + 1):
+        for kind, module in (("unordered", "noop_handlers"), ("ordered", "ordered_handlers")):
+            db = workdir / f"{kind}-{n}.db"
+            asyncio.run(_store_about(db, count, resources, ordered=kind == "ordered"))
+            rates[kind].append(_resume_rate(workdir, f"{kind}-{n}", module, db, count))
+        print(
+            f"  {n:>5} {rates['unordered'][-1]:>12,.0f} {rates['ordered'][-1]:>10,.0f} "
+            f"{rates['ordered'][-1] / rates['unordered'][-1]:>6.2f}"
+        )
+    figures = {
+        "unordered_runs_per_s": statistics.median(rates["unordered"]),
+        "ordered_runs_per_s": statistics.median(rates["ordered"]),
+    }
+    figures["ratio_ordered_over_unordered"] = statistics.median(
+        o / u for o, u in zip(rates["ordered"], rates["unordered"], strict=True)
+    )
+    return figures
+
+
 def _seconds(stamp: str) -> float:
     return datetime.strptime(stamp + "+0000", "%Y-%m-%dT%H:%M:%S.%fZ%z").timestamp()
 
@@ -292,11 +383,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--events", type=int, default=300, help="events sent one at a time for latency")
     parser.add_argument("--runs", type=int, default=10_000, help="pending runs for the throughput figure")
+    parser.add_argument("--ordered-events", type=int, default=2000, help="events for the ordering comparison")
+    parser.add_argument("--resources", type=int, default=50, help="subscriptions those events are about")
+    parser.add_argument("--only-ordering", action="store_true", help="run the ordering comparison alone")
     args = parser.parse_args(argv or [])
 
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="montra-bench-dispatch-") as tmp:
         workdir = Path(tmp)
+        print(
+            f"dispatch: ordering cost, {args.ordered_events:,} events over {args.resources} subscriptions, "
+            f"{args.rounds} alternating rounds",
+            flush=True,
+        )
+        figures |= measure_ordering(workdir, args.ordered_events, args.resources, args.rounds)
+        print(
+            f"  median: unordered {figures['unordered_runs_per_s']:,.0f} runs/s, "
+            f"ordered {figures['ordered_runs_per_s']:,.0f} runs/s, "
+            f"ordered/unordered = {figures['ratio_ordered_over_unordered']:.2f}"
+        )
+        if args.only_ordering:
+            return figures
         print(f"dispatch: latency over {args.events} events sent one at a time", flush=True)
         figures |= measure_latency(workdir, args.events)
         print(
