@@ -7,6 +7,7 @@ event, `superseded` and the time to `ordered.jsonl`. Each test reads that log an
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
@@ -164,7 +165,7 @@ def test_under_concurrent_load_runs_of_one_resource_never_overlap_and_start_in_o
         tries = by_resource[ref]
         expected = sorted((f"evt_{ref}_{i}" for i in range(6)), key=lambda e: (occurred.get(int(e[-1]), 0.0), seq[e]))
         assert [event for _, _, event, _ in tries] == expected, f"{ref} started out of order"
-        for (_, end, _, _), (start, _, _, _) in zip(tries, tries[1:], strict=False):
+        for (_, end, _, _), (start, _, _, _) in itertools.pairwise(tries):
             assert end <= start, f"two runs of {ref} overlapped"
     assert not any(line["superseded"] for line in log_of(tmp_path) if line["phase"] == "start")
     assert a.proc is not None and b.proc is not None
@@ -222,7 +223,7 @@ def test_failed_holds_dead_releases_hold_on_dead_keeps_and_a_late_older_event_is
         ("evt_h2", 1),
     ]
     for tries in by_resource.values():
-        for (_, end, _, _), (start, _, _, _) in zip(tries, tries[1:], strict=False):
+        for (_, end, _, _), (start, _, _, _) in itertools.pairwise(tries):
             assert end <= start
     superseded = {line["event"]: line["superseded"] for line in log_of(tmp_path) if line["phase"] == "start"}
     assert (superseded["evt_s2"], superseded["evt_s1"], superseded["evt_f3"]) == (False, True, False)

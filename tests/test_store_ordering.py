@@ -8,6 +8,7 @@ next go at once. These tests drive `claim` and `finish` by hand, with times they
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -272,7 +273,7 @@ def test_two_claimers_never_run_one_resource_at_once_and_keep_its_order(store_ur
     for key in keys:
         spans = sorted((start, end, event) for k, event, start, end in log if k == key)
         assert [event for _, _, event in spans] == order[key]
-        for (_, end, _), (start, _, _) in zip(spans, spans[1:], strict=False):
+        for (_, end, _), (start, _, _) in itertools.pairwise(spans):
             assert end <= start, f"two runs of {key} overlapped"
 
 

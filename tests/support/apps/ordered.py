@@ -1,4 +1,4 @@
-"""Ordered handlers for the real-server ordering tests: every try appends JSON lines to `ordered.jsonl` beside this file.
+"""Ordered handlers for the real-server ordering tests: each try appends JSON lines to `ordered.jsonl` beside it.
 
 The tests copy this file into tmp_path and run `montra-hooks serve --app ordered:hooks` there.
 `ordered` handles `subscription.*` ordered by subscription; `holding` handles `customer.*` ordered by customer
