@@ -20,8 +20,9 @@ folder:
 4. Ordering cost: the same N events about R subscriptions (2,000 over 50 by default), stored with
    pending runs of a no-op handler, resumed by a server whose handler is `ordered_by="subscription"`
    and by one whose handler is not, in alternating rounds: runs per second (10% to 90%) of each, and
-   the median ordered/unordered ratio. One subscription's runs go one at a time, so at most R of the
-   `concurrency` slots can be busy; the ratio is what the per-resource checks of the claim cost.
+   the median ordered/unordered ratio, with the server's CPU per run (steadier on a shared machine).
+   One subscription's runs go one at a time, so at most R of the `concurrency` slots can be busy; the
+   ratio is what the per-resource checks of the claim (and the release at each finish) cost.
 
 Run `python bench/dispatch.py [--rounds 3] [--seconds 5] [--events 300] [--runs 10000]
 [--ordered-events 2000] [--resources 50]`; `main()` returns the figures for `bench/run.py`.
@@ -51,6 +52,7 @@ for _folder in (str(HERE), str(HERE.parent)):  # runnable alone, as bench/run.py
 
 from _events import event_body as _body  # noqa: E402
 from ingest import SECRET, ensure_wrk, write_events  # noqa: E402
+from metrics import _cpu_seconds  # noqa: E402
 
 from receiver import sign  # noqa: E402
 from receiver.stores.protocol import Incoming  # noqa: E402
@@ -266,14 +268,15 @@ async def _store_about(db: Path, count: int, resources: int, *, ordered: bool) -
         await store.close()
 
 
-def _resume_rate(workdir: Path, name: str, module: str, db: Path, count: int) -> float:
-    """Runs per second (10% to 90% succeeded) of a server started on `db`, which holds `count` pending runs."""
+def _resume_rate(workdir: Path, name: str, module: str, db: Path, count: int) -> tuple[float, float | None]:
+    """Runs per second (10% to 90% succeeded) of a server started on `db`, which holds `count` pending runs, and
+    the server's CPU microseconds per run over that window (None without /proc): steadier on a shared machine."""
     server = _Server(name, _serve_command("--app", f"{module}:hooks", "--db", str(db)), workdir)
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, float | None]] = []
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            samples.append((time.monotonic(), _succeeded(db)))
+            samples.append((time.monotonic(), _succeeded(db), _cpu_seconds(server.process.pid)))
             if samples[-1][1] >= count:
                 break
             time.sleep(0.02)
@@ -281,9 +284,11 @@ def _resume_rate(workdir: Path, name: str, module: str, db: Path, count: int) ->
         server.stop()
     if samples[-1][1] < count:
         raise RuntimeError(f"{name}: only {samples[-1][1]} of {count} runs succeeded in 300 s")
-    low = next(t for t, done in samples if done >= count * 0.1)
-    high = next(t for t, done in samples if done >= count * 0.9)
-    return count * 0.8 / max(high - low, 0.02)
+    low = next(sample for sample in samples if sample[1] >= count * 0.1)
+    high = next(sample for sample in samples if sample[1] >= count * 0.9)
+    done = max(high[1] - low[1], 1)
+    cpu = None if low[2] is None or high[2] is None else (high[2] - low[2]) / done * 1e6
+    return done / max(high[0] - low[0], 0.02), cpu
 
 
 def measure_ordering(workdir: Path, count: int, resources: int, rounds: int) -> dict[str, float]:
@@ -291,16 +296,21 @@ def measure_ordering(workdir: Path, count: int, resources: int, rounds: int) -> 
     (workdir / "noop_handlers.py").write_text(NOOP_HANDLERS)
     (workdir / "ordered_handlers.py").write_text(ORDERED_HANDLERS)
     rates: dict[str, list[float]] = {"unordered": [], "ordered": []}
-    print(f"  {'round':>5} {'unordered/s':>12} {'ordered/s':>10} {'o/u':>6}", flush=True)
+    cpu: dict[str, list[float]] = {"unordered": [], "ordered": []}
+    print(f"  {'round':>5} {'unordered/s':>12} {'ordered/s':>10} {'o/u':>6} {'CPU/run u':>10} {'o':>8}", flush=True)
     for n in range(1, rounds + 1):
         for kind, module in (("unordered", "noop_handlers"), ("ordered", "ordered_handlers")):
             db = workdir / f"{kind}-{n}.db"
             asyncio.run(_store_about(db, count, resources, ordered=kind == "ordered"))
-            rates[kind].append(_resume_rate(workdir, f"{kind}-{n}", module, db, count))
-        print(
-            f"  {n:>5} {rates['unordered'][-1]:>12,.0f} {rates['ordered'][-1]:>10,.0f} "
-            f"{rates['ordered'][-1] / rates['unordered'][-1]:>6.2f}"
-        )
+            rate, cpu_us = _resume_rate(workdir, f"{kind}-{n}", module, db, count)
+            rates[kind].append(rate)
+            if cpu_us is not None:
+                cpu[kind].append(cpu_us)
+        line = f"  {n:>5} {rates['unordered'][-1]:>12,.0f} {rates['ordered'][-1]:>10,.0f} "
+        line += f"{rates['ordered'][-1] / rates['unordered'][-1]:>6.2f}"
+        if len(cpu["ordered"]) == n and len(cpu["unordered"]) == n:
+            line += f" {cpu['unordered'][-1]:>7,.0f} µs {cpu['ordered'][-1]:>5,.0f} µs"
+        print(line, flush=True)
     figures = {
         "unordered_runs_per_s": statistics.median(rates["unordered"]),
         "ordered_runs_per_s": statistics.median(rates["ordered"]),
@@ -308,6 +318,12 @@ def measure_ordering(workdir: Path, count: int, resources: int, rounds: int) -> 
     figures["ratio_ordered_over_unordered"] = statistics.median(
         o / u for o, u in zip(rates["ordered"], rates["unordered"], strict=True)
     )
+    if len(cpu["ordered"]) == rounds and len(cpu["unordered"]) == rounds:
+        figures["unordered_cpu_us_per_run"] = statistics.median(cpu["unordered"])
+        figures["ordered_cpu_us_per_run"] = statistics.median(cpu["ordered"])
+        figures["cpu_ratio_ordered_over_unordered"] = statistics.median(
+            o / u for o, u in zip(cpu["ordered"], cpu["unordered"], strict=True)
+        )
     return figures
 
 
@@ -402,6 +418,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"ordered {figures['ordered_runs_per_s']:,.0f} runs/s, "
             f"ordered/unordered = {figures['ratio_ordered_over_unordered']:.2f}"
         )
+        if "cpu_ratio_ordered_over_unordered" in figures:
+            print(
+                f"  server CPU per run: unordered {figures['unordered_cpu_us_per_run']:,.0f} µs, "
+                f"ordered {figures['ordered_cpu_us_per_run']:,.0f} µs, "
+                f"ordered/unordered = {figures['cpu_ratio_ordered_over_unordered']:.2f} (steadier on a busy machine)"
+            )
         if args.only_ordering:
             return figures
         print(f"dispatch: latency over {args.events} events sent one at a time", flush=True)
