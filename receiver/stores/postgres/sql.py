@@ -134,10 +134,10 @@ SELECT count(*), max(order_key) FROM run
 """
 
 
-# The candidates of an ordered claim: due runs (a few more than asked for, so runs held back do not fill the
-# claim), row-locked as `claim_sql` does, each with a transaction-scoped advisory lock on its (handler, resource)
-# tried. A resource another claim is deciding on is skipped (that claim commits what it takes before it lets go);
-# once held, the next statement's snapshot sees every claim and finish committed before: see `claim_ordered_sql`.
+# The candidates of an ordered claim: due runs, row-locked as `claim_sql` does, each with a transaction-scoped
+# advisory lock on its (handler, resource) tried. A resource another claim is deciding on is skipped (that claim
+# commits what it takes before it lets go); once held, the next statement's snapshot (CLAIM_ORDERED) sees every
+# claim and finish committed before.
 def candidates_sql(*, event: bool) -> str:
     waiting, only = (_UNFINISHED, "AND event_id = %(event_id)s") if event else (_WAITING, "")
     return f"""

@@ -89,7 +89,7 @@ MAX_PENDING_REJECTIONS = 100
 """Rejections being written at once; more are answered but not recorded."""
 
 _HELD_SLACK = 32
-"""Due runs an ordered claim reads beyond its limit, so that runs held back do not fill the claim."""
+"""Held runs an ordered claim passes over (and parks) at most, looking for free ones: a bound on one claim's work."""
 _RUN_ORDER = (
     "SELECT handler, order_key, order_at, order_seq, hold_on_dead FROM handler_runs "
     "WHERE event_id = %s AND handler = %s"
@@ -281,30 +281,35 @@ class PostgresStore:
         single statement could not: its snapshot predates the locks it waits for. (`FOR UPDATE SKIP LOCKED`
         alone locks the candidate rows, not the earlier runs the probe reads, nor a late event's new row.)
         """
-        first = {
-            "handlers": list(handlers),
-            "now": _time(now),
-            "scan": limit + _HELD_SLACK if event_id is None else limit,
-            "event_id": event_id,
-        }
+        select = candidates_sql(event=event_id is not None).encode()
+        taken: list[Run] = []
+        passed = 0
         async with self._connection() as conn, conn.transaction():
-            candidates = await (
-                await conn.execute(candidates_sql(event=event_id is not None).encode(), first)
-            ).fetchall()
-            if not candidates:
-                return []
-            second = {
-                "ids": [event for event, _ in candidates],
-                "names": [name for _, name in candidates],
-                "now": _time(now),
-                "limit": limit,
-                "park": event_id is None,
-                "recheck": _time(now + HOLD_RECHECK),
-                "owner": owner,
-                "until": _time(now + lease),
-            }
-            rows = await (await conn.execute(CLAIM_ORDERED.encode(), second)).fetchall()
-        return [dataclasses.replace(_run(row[:-1]), superseded=bool(row[-1])) for row in rows]
+            # As many due runs as are wanted; the held ones among them are parked (off the due range) and as many
+            # more read, until enough are free or _HELD_SLACK held ones were passed over. An inline claim (one
+            # event) parks nothing and reads once: the sender's retry asks again.
+            while len(taken) < limit:
+                need = limit - len(taken)
+                first = {"handlers": list(handlers), "now": _time(now), "scan": need, "event_id": event_id}
+                candidates = await (await conn.execute(select, first)).fetchall()
+                if not candidates:
+                    break
+                second = {
+                    "ids": [event for event, _ in candidates],
+                    "names": [name for _, name in candidates],
+                    "now": _time(now),
+                    "limit": need,
+                    "park": event_id is None,
+                    "recheck": _time(now + HOLD_RECHECK),
+                    "owner": owner,
+                    "until": _time(now + lease),
+                }
+                rows = await (await conn.execute(CLAIM_ORDERED.encode(), second)).fetchall()
+                taken.extend(dataclasses.replace(_run(row[:-1]), superseded=bool(row[-1])) for row in rows)
+                passed += len(candidates) - len(rows)
+                if event_id is not None or len(rows) == len(candidates) or passed >= _HELD_SLACK:
+                    break
+        return taken
 
     async def waiting_for(self, event_id: str, handler: str) -> Waiting | None:
         rows = await self._fetch_unless_older(_RUN_ORDER, (event_id, handler))

@@ -64,7 +64,7 @@ PRUNE_BATCH = 100
 indexes of events, three of runs, the status trigger), so a batch holds the write lock a few ms."""
 ANALYSIS_LIMIT = 1000
 _HELD_SLACK = 32
-"""Due runs an ordered claim reads beyond its limit, so that runs held back do not fill the claim."""
+"""Held runs an ordered claim passes over (and parks) at most, looking for free ones: a bound on one claim's work."""
 
 
 T = TypeVar("T")
@@ -118,8 +118,8 @@ _BACKLOG_OLDEST = (
     "(SELECT min(lease_until) FROM handler_runs WHERE status = 'running')"
 )
 _UNFINISHED = "event_id = ? AND (status IN ('pending', 'failed', 'dead') OR (status = 'running' AND lease_until < ?))"
-# Ordered claims: the due runs (as `_DUE`, a few more than asked for, so held ones can be passed over), each with
-# whether something holds it back and whether it is superseded; both are index probes of ordered runs only.
+# Ordered claims: due runs (as `_DUE`), each with whether something holds it back and whether it is superseded;
+# both are index probes of ordered runs only.
 _DUE_CANDIDATES = (
     "SELECT rowid AS run, next_attempt_at AS due FROM handler_runs WHERE handler IN ({names}) "
     "AND status IN ('pending', 'failed') AND next_attempt_at <= ? UNION ALL SELECT rowid, next_attempt_at "
@@ -130,7 +130,8 @@ _EVENT_CANDIDATES = (
     "ORDER BY next_attempt_at LIMIT ?"
 )
 _WITH_HOLDS = (
-    f"SELECT d.run, r.order_key IS NOT NULL AND {HELD.format(now='?')}, r.order_key IS NOT NULL AND {SUPERSEDED} "
+    f"SELECT d.run, r.order_key IS NOT NULL AND {HELD.format(now='?')}, r.order_key IS NOT NULL AND {SUPERSEDED}, "
+    "r.status = 'running' "
     "FROM ({candidates}) AS d JOIN handler_runs r ON r.rowid = d.run ORDER BY d.due"
 )
 # A held run waits off the due range (claims and `next_due` skip it); one still `running` under a lapsed lease
@@ -370,37 +371,51 @@ class SQLiteStore:
         names = ", ".join("?" * len(handlers))
         stamp = iso(now)
         if event_id is None:
-            # A few more than `limit`: runs held back among the first are passed over (and parked) in one claim.
-            candidates = _DUE_CANDIDATES.format(names=names)
-            params = [stamp, *handlers, stamp, *handlers, stamp, limit + _HELD_SLACK]
+            select = _WITH_HOLDS.format(candidates=_DUE_CANDIDATES.format(names=names))
+            params: list[Any] = [stamp, *handlers, stamp, *handlers, stamp]
         else:
-            candidates = _EVENT_CANDIDATES.format(names=names)
-            params = [stamp, *handlers, event_id, stamp, limit]
-        select = _WITH_HOLDS.format(candidates=candidates)
+            select = _WITH_HOLDS.format(candidates=_EVENT_CANDIDATES.format(names=names))
+            params = [stamp, *handlers, event_id, stamp]
         update = (
             "UPDATE handler_runs SET status = 'running', lease_owner = ?, lease_until = ?, "
             f"attempts = attempts + 1, started_at = ?, finished_at = NULL, duration_ms = NULL, {TAKEOVER_NOTE} "
             "WHERE rowid IN ({rows}) RETURNING rowid, " + _RUN_COLUMNS
         )
 
-        def op(conn: sqlite3.Connection) -> list[Run]:
-            rows = conn.execute(select, params).fetchall()
-            free = [(row, bool(superseded)) for row, held, superseded in rows if not held][:limit]
-            # An inline claim (one event) leaves held runs as they are: the sender's retry asks again.
-            parked = [row for row, held, _ in rows if held] if event_id is None else []
-            taken = [row for row, _ in free]
-            if taken or parked:
-                every = [*taken, *parked]
-                conn.execute(_RECORD_CRASHED.format(rows=", ".join("?" * len(every))), every)
-            if parked:
-                conn.execute(_PARK.format(rows=", ".join("?" * len(parked))), [iso(now + HOLD_RECHECK), *parked])
-            if not taken:
-                return []
-            superseded = dict(free)
-            claimed = conn.execute(
-                update.format(rows=", ".join("?" * len(taken))), (owner, iso(now + lease), stamp, *taken)
-            )
+        def take(conn: sqlite3.Connection, rows: list[int], superseded: dict[int, bool]) -> list[Run]:
+            marks = ", ".join("?" * len(rows))
+            claimed = conn.execute(update.format(rows=marks), (owner, iso(now + lease), stamp, *rows))
             return [dataclasses.replace(_run(row[1:]), superseded=superseded[row[0]]) for row in claimed]
+
+        def op(conn: sqlite3.Connection) -> list[Run]:
+            if event_id is not None:  # inline: held runs are left as they are (the sender's retry asks again)
+                found = conn.execute(select, [*params, limit]).fetchall()
+                free = {row: bool(superseded) for row, held, superseded, _ in found if not held}
+                if not free:
+                    return []
+                if any(running for row, _, _, running in found if row in free):
+                    conn.execute(_RECORD_CRASHED.format(rows=", ".join("?" * len(free))), list(free))
+                return take(conn, list(free), free)
+            # As many due runs as are wanted, in due order; the held ones among them are parked (off the due
+            # range) and as many more read, until enough are free or _HELD_SLACK held ones were passed over.
+            # Runs claimed or parked here leave the due range at once, so each read starts where the last ended.
+            taken: list[Run] = []
+            passed = 0
+            while len(taken) < limit:
+                found = conn.execute(select, [*params, limit - len(taken)]).fetchall()
+                free = {row: bool(superseded) for row, held, superseded, _ in found if not held}
+                parked = [row for row, held, _, _ in found if held]
+                crashed = [row for row, _, _, running in found if running]  # taken over: their process died
+                if crashed:
+                    conn.execute(_RECORD_CRASHED.format(rows=", ".join("?" * len(crashed))), crashed)
+                if parked:
+                    conn.execute(_PARK.format(rows=", ".join("?" * len(parked))), [iso(now + HOLD_RECHECK), *parked])
+                if free:
+                    taken.extend(take(conn, list(free), free))
+                passed += len(parked)
+                if not parked or passed >= _HELD_SLACK:
+                    break  # nothing held (all taken, or nothing more is due), or enough looked at for one claim
+            return taken
 
         return await self._commits.run(op)
 
