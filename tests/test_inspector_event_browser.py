@@ -135,7 +135,7 @@ def test_the_attempt_timeline_the_change_table_and_the_resource_timeline(
     summary = first_error.find_element(By.TAG_NAME, "summary")
     assert summary.text == "ConnectionError: billing API unreachable for sub_1 (try 1)"
     # The traceback is folded until its summary is clicked.
-    traceback = first_error.find_element(By.CSS_SELECTOR, "pre.traceback")
+    traceback = first_error.find_element(By.CSS_SELECTOR, "pre.try-traceback")
     assert not traceback.is_displayed()
     summary.click()
     assert traceback.is_displayed() and "Traceback (most recent call last):" in traceback.text
