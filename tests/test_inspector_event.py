@@ -362,3 +362,28 @@ def test_an_unknown_resource_is_a_404_page(client: TestClient) -> None:
 def test_a_bad_resource_page_query_is_400(client: TestClient, query_string: str) -> None:
     response = client.get(f"/inspect/resources/sub_1?{query_string}")
     assert (response.status_code, response.json()["error"]) == (400, "bad_query")
+
+
+# -- on PostgreSQL ------------------------------------------------------------------------------
+
+
+def test_the_event_page_replay_and_resource_timeline_on_postgres(postgres_url: str) -> None:
+    app = create_app(make_hooks(), db=postgres_url, secrets=[SECRET], inspect_token="t" * 24, dispatch="inline")
+    with TestClient(app, base_url=LOCAL, headers={"authorization": "Bearer " + "t" * 24}) as client:
+        assert deliver(client, "msg_up", UPGRADE) == 500
+        assert client.post("/inspect/events/msg_up/rerun", headers=ORIGIN).status_code == 200
+        page = client.get("/inspect/events/msg_up").text
+        assert [(row[0], row[3]) for row in attempts_of(page, "billing.sync")] == [("1", "failed"), ("2", "succeeded")]
+        assert [row[0] for row in rows(page, "changes")] == ["plan.id", "plan.amount", "plan.interval", "seats"]
+        edited = json.dumps({**UPGRADE, "timestamp": "2026-11-25T16:00:00Z"})
+        response = client.post(
+            "/inspect/events/msg_up/replay", data={"body": edited}, headers=ORIGIN, follow_redirects=False
+        )
+        assert response.status_code == 303
+        new_id = response.headers["location"].rsplit("/", 1)[1]
+        timeline = rows(client.get("/inspect/resources/sub_1").text, "timeline")
+        # The replay says it happened an hour earlier: it comes first, though it arrived second.
+        assert [(row[0], row[3], row[4]) for row in timeline] == [("2", new_id, "failed"), ("1", "msg_up", "handled")]
+        assert client.get("/inspect/resources/sub_nope").status_code == 404
+        nul = client.get("/inspect/resources/sub%00x")
+        assert (nul.status_code, nul.json()["error"]) == (400, "bad_query")
