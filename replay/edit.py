@@ -74,7 +74,12 @@ def edit_event(event: Outgoing, command: list[str]) -> Outgoing:
             raise EditorFailed(
                 f"The editor exited with status {finished.returncode} while editing {event.id}: nothing was sent."
             )
-        saved = path.read_bytes()
+        try:
+            saved = path.read_bytes()
+        except FileNotFoundError as e:
+            raise RefusedEdit(
+                f"The editor removed the file of {event.id}, so nothing was saved: it was not sent."
+            ) from e
     finally:
         with contextlib.suppress(FileNotFoundError):  # an editor may have replaced or removed it
             path.unlink()

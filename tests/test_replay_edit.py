@@ -35,6 +35,9 @@ with open(os.environ["EDITOR_LOG"], "a") as log:
     log.write(json.dumps({"args": args, "path": path, "mode": oct(mode), "text": text, "event": event}) + "\\n")
 if "--fail-on" in args and args[args.index("--fail-on") + 1] == event:
     sys.exit(3)
+if "--remove" in args and args[args.index("--remove") + 1] == event:
+    os.remove(path)
+    sys.exit(0)
 if "--break" in args and args[args.index("--break") + 1] == event:
     open(path, "w").write('{"type": "payment.failed", "data": {')
     sys.exit(0)
@@ -151,3 +154,12 @@ def test_a_missing_editor_program_is_one_line(tmp_path: Path, receiver: ServerPr
         "set $VISUAL or $EDITOR to an editor on PATH. Nothing was sent.\n"
     )
     assert replays(tmp_path) == []
+
+
+def test_an_editor_that_removes_the_file_sends_nothing_for_that_event(tmp_path: Path, receiver: ServerProcess) -> None:
+    done = replay_edit(tmp_path, receiver, "--amount", "5", "--remove", "pay_a")
+    assert done.returncode == 2
+    assert done.stderr == "Error: The editor removed the file of msg_a, so nothing was saved: it was not sent.\n"
+    assert [(of, json.loads(body)["data"]) for _, of, body in replays(tmp_path)] == [
+        ("msg_b", {"id": "pay_b", "amount": 5})
+    ]
