@@ -3,7 +3,10 @@
 `GET /inspect` lists events newest first, filtered by type pattern, status and id, and polls
 `/inspect/api/events` so new events appear without a reload. `GET /inspect/events/{id}` shows
 one event: its body pretty-printed, its headers, each handler run with its error and
-traceback, a re-run button and a `montra-hooks replay` command to copy. Who may open them is
+traceback and every try (`timeline`), the resources it names, its `previous_attributes` as a
+change (`changes`), re-run, replay and edit-and-replay (sent in-process through the webhook path:
+`MontraApp.replay`), and a `montra-hooks replay` command to copy. `GET /inspect/resources/{ref}`
+lists the events about one resource. Who may open them is
 decided in `access`. Pages are rendered on the server with Jinja2, autoescaped (bodies
 and headers come from the internet), with one small script and one stylesheet from this package:
 nothing is fetched from anywhere else.
