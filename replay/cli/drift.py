@@ -69,26 +69,25 @@ def drift_command(db: str, types: Sequence[str], since: datetime | None, sample:
 
 
 def report_lines(reports: Sequence[TypeReport], *, sample: int) -> list[str]:
-    """The human report: per type a heading, then one line per difference (kind, path, types, count, example)."""
+    """The human report: per type a heading, then one line per difference: kind, path, count, example, types."""
     lines: list[str] = []
     for report in reports:
         shown = report.as_json()
         if not report.known:
             lines.append(f"{report.type}: {report.sampled} sampled, not in the catalogue (newest {report.newest})")
             continue
-        rows = [("added", d["path"], "", d["count"], d["example"]) for d in shown["added"]]
-        rows += [("missing", d["path"], "", d["count"], d["example"]) for d in shown["missing"]]
+        rows = [("added", d["path"], d["count"], d["example"], "") for d in shown["added"]]
+        rows += [("missing", d["path"], d["count"], d["example"], "") for d in shown["missing"]]
         rows += [
-            ("changed", d["path"], f"{d['expected']} -> {d['seen']}", d["count"], d["example"])
+            ("changed", d["path"], d["count"], d["example"], f"  {d['expected']} -> {d['seen']}")
             for d in shown["changed"]
         ]
         verdict = f"{len(rows)} difference(s)" if rows else "matches the catalogue"
         lines.append(f"{report.type}: {report.sampled} sampled, {verdict}")
-        if rows:
-            path_width = max(len(row[1]) for row in rows)
-            types_width = max(len(row[2]) for row in rows)
-            for kind, path, types, count, example in rows:
-                lines.append(f"  {kind:<8} {path:<{path_width}}  {types:<{types_width}}  {count:>6}  {example}")
+        path_width = max((len(row[1]) for row in rows), default=0)
+        example_width = max((len(row[3]) for row in rows), default=0)
+        for kind, path, count, example, types in rows:
+            lines.append(f"  {kind:<8} {path:<{path_width}}  {count:>6}  {example:<{example_width}}{types}".rstrip())
     differing = sum(report.differs for report in reports)
     lines.append(
         f"\n{differing} of {len(reports)} type(s) differ from the catalogue "
