@@ -130,6 +130,19 @@ def test_each_payload_has_one_typed_overload_of_on() -> None:
     assert covered == PAYLOADS
 
 
+def test_the_types_import_alone() -> None:
+    """receiver.types is imported by hooks and by tools that want the payloads: it loads nothing outside the stdlib."""
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import receiver.types\n"
+        "loaded = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "print(sorted(loaded - set(sys.stdlib_module_names) - {'receiver'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "[]\n", "")
+
+
 # -- mypy on a handlers module ---------------------------------------------------------------------
 
 HANDLERS = """\
@@ -266,3 +279,14 @@ def test_the_warning_is_an_error_under_pytests_filter() -> None:
     """This project's pytest runs with filterwarnings=error: a typo in a test's hooks.on fails the test."""
     with pytest.raises(UnknownEventTypeWarning, match=r"did you mean 'subscription.canceled'\?"):
         Hooks().on("subscription.cancelled")
+
+
+def test_the_handlers_page_lists_every_payload_and_its_types() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "handlers.md").read_text()
+    table = page.split("| payload (`receiver.types`) | event types |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    documented: dict[str, str] = {}
+    for row in table.splitlines():
+        payload, types = row.strip("|").split("|")
+        name = payload.split("`")[1]
+        documented.update({event_type: name for event_type in types.split("`")[1::2]})
+    assert documented == {event_type: payload.__name__ for event_type, payload in PAYLOADS.items()}
