@@ -250,13 +250,20 @@ def _join(path: str, key: str) -> str:
 async def newest_events(
     store: Store, event_type: str, *, since: datetime | None, sample: int, page: int = PAGE
 ) -> AsyncIterator[StoredEvent]:
-    """The newest `sample` events of one type (received at or after `since`), newest first, a page at a time."""
-    selection = EventFilter(types=[event_type], since=since, newest_first=True)
+    """The newest `sample` events of one type (received at or after `since`), newest first, a page at a time.
+
+    `since` is not a condition of the query: walking the type's index backwards with it, the last page
+    would read on through every older event of the type to find none. Events arrive in seq order, so the
+    walk stops at the first one received before `since` instead: one page past it at most.
+    """
+    selection = EventFilter(types=[event_type], newest_first=True)
     remaining, below = sample, None
     while remaining > 0:
         size = min(page, remaining)
         rows = await store.list_events(dataclasses.replace(selection, max_seq=below, limit=size))
         for row in rows:
+            if since is not None and row.received_at < since:
+                return
             yield row
         if len(rows) < size:
             return
