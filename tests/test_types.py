@@ -3,6 +3,7 @@ an unknown type warns once with the closest known name."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import typing
@@ -290,3 +291,15 @@ def test_the_handlers_page_lists_every_payload_and_its_types() -> None:
         name = payload.split("`")[1]
         documented.update({event_type: name for event_type in types.split("`")[1::2]})
     assert documented == {event_type: payload.__name__ for event_type, payload in PAYLOADS.items()}
+
+
+def test_a_typed_event_is_built_and_read_like_any_other() -> None:
+    [fixture] = FIXTURES.build("subscription.upgraded")
+    body = json.dumps(fixture).encode()
+    event = Event[Subscription].from_body("msg_1", body)
+    assert (type(event), event.id, event.type, event.data) == (Event, "msg_1", "subscription.upgraded", fixture["data"])
+    assert event.refs == {
+        "subscription": fixture["data"]["id"],
+        "customer": fixture["data"]["customer_id"],
+        "pricing_model": fixture["data"]["pricing_model_id"],
+    }
