@@ -41,7 +41,7 @@ def drift_command(db: str, types: Sequence[str], since: datetime | None, sample:
     """Compare stored events' shapes with the typed catalogue: fields added, missing or of another JSON type.
 
     Reads the newest --sample events of each stored type (a page at a time, through the type index).
-    Exit 1 when any type differs (or is not in the catalogue), 0 when none does.
+    Exit 1 when any type differs (or is not in the catalogue), 0 when none does or no event matched.
 
     \b
     Examples:
