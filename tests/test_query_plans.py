@@ -132,6 +132,16 @@ async def exercise(store: Store) -> None:
         EventFilter(types=["subscription.*"], status=["handled"], newest_first=True, limit=50),
     ):
         await store.list_events(selection)
+    # drift: the stored types (all, a prefix, an exact one), then each type's newest events, a page at a time.
+    assert await store.event_types() == sorted(TYPES)
+    assert await store.event_types(["subscription.*", "invoice.paid", "nope"]) == [
+        "invoice.paid",
+        "subscription.canceled",
+        "subscription.upgraded",
+    ]
+    await store.list_events(
+        EventFilter(types=["invoice.paid"], since=since, max_seq=newest, newest_first=True, limit=50)
+    )
     streamed = [event.seq async for event in store.iter_events(EventFilter(after_seq=newest - 120), page=50)]
     assert len(streamed) > 100
     prefixed = EventFilter(types=["subscription.*"], after_seq=newest - 500, max_seq=newest)
