@@ -48,7 +48,8 @@ def check_name(name: str) -> str:
 def fixture_from_body(body: bytes, event_id: str) -> dict[str, Any]:
     """The fixture for a stored body: its envelope without what a build fills in (`id`, `timestamp`)."""
     try:
-        envelope = json.loads(body)
+        # Decoded as UTF-8 first: json.loads on bytes guesses UTF-16 or UTF-32 from NUL bytes, as no receiver would.
+        envelope = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise FixtureError(
             f"Event {event_id!r} has a body that is not JSON ({_reason(e)}): it cannot be a fixture. "
