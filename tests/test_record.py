@@ -242,6 +242,14 @@ def test_trigger_sends_a_recorded_fixture_by_the_name_it_was_saved_under(server:
     )
 
     assert sent.exit_code == 0, sent.output
+    listed = CliRunner().invoke(cli, ["fixtures", "list"], env={"MONTRA_HOOKS_FIXTURES": None})
+    [line] = [line for line in listed.output.splitlines() if "upgrade-to-pro" in line]
+    assert line.split() == [
+        "upgrade-to-pro",
+        f"({Path('montra-fixtures/upgrade-to-pro.json')},",
+        "a",
+        "subscription.upgraded)",
+    ]
     [original, (new_id, new_type, body)] = rows(server.cwd / "events.db")
     assert re.fullmatch(r"evt_\w{24}", new_id)  # a fresh id: the recording is not a duplicate of the original
     assert sent.output.splitlines()[0] == f"--> subscription.upgraded [{new_id}]"

@@ -12,7 +12,7 @@ import click
 from receiver.stores.open import redact_url
 from receiver.stores.protocol import Store, StoredEvent
 
-from ..fixtures import USER_DIR
+from ..fixtures import USER_DIR, Catalogue
 from ..paths import FixtureError
 from .options import db_option, fixtures_option, open_catalogue, run_on_store
 
@@ -47,7 +47,7 @@ def fixtures_list(fixture_dirs: Sequence[Path]) -> None:
     click.echo("Event types:")
     for name in types:
         source = catalogue.source(name)
-        click.echo((f"  {name:<{width}}" + ("" if source.parent == builtin else f"  ({source})")).rstrip())
+        click.echo((f"  {name:<{width}}" + ("" if source.parent == builtin else _user_file(catalogue, name))).rstrip())
     click.echo("\nScenarios:")
     for name in scenarios:
         try:
@@ -56,6 +56,16 @@ def fixtures_list(fixture_dirs: Sequence[Path]) -> None:
             about = f"(cannot be built: {e})"
         click.echo(f"  {name:<{width}}  {about}".rstrip())
     click.echo("\nSend one: montra-hooks trigger TYPE-or-SCENARIO [--set PATH=VALUE]... [--remove PATH]...")
+
+
+def _user_file(catalogue: Catalogue, name: str) -> str:
+    """`  (FILE)`, and the type it builds when the file is named otherwise (`fixtures record --as NAME`)."""
+    source = catalogue.source(name)
+    try:
+        built = catalogue.template(name)["type"]
+    except FixtureError:
+        built = name  # `fixtures show` and `trigger` say what is wrong with it
+    return f"  ({source})" if built == name else f"  ({source}, a {built})"
 
 
 @fixtures.command("show")
