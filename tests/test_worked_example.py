@@ -7,6 +7,7 @@ plugin loaded from its entry point, as in a merchant's checkout) runs the page's
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -31,7 +32,7 @@ COMMANDS = [
     "montra-hooks fixtures record ID --as upgrade-to-business --scrub",
     "pytest tests/test_webhooks.py",
 ]
-_ORDERING = "ordered_by" in Hooks.on.__code__.co_varnames
+_ORDERING = "ordered_by" in inspect.signature(Hooks.on).parameters
 
 
 def montra_hooks(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
