@@ -334,7 +334,8 @@ def test_the_pytest_plugin_finds_a_recorded_fixture_in_the_default_folder(
     pytester.makepyfile(test_billing=textwrap.dedent(MERCHANT_TEST))
     pytester.makeini("[pytest]\nfilterwarnings = error\n")  # no montra_fixtures: the rootdir's montra-fixtures
 
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", timeout=60)
+    # In this process (the plugin is loaded from its entry point here too): a subprocess would only add its start-up.
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly")
 
     result.assert_outcomes(passed=2)
 
