@@ -90,9 +90,15 @@ class _Cast:
     """Fixture values handed out in order, the same one again for a value seen before."""
 
     seen: dict[tuple[str, str], int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def number(self, kind: str, original: str) -> int:
-        return self.seen.setdefault((kind, original.strip().lower()), sum(k == kind for k, _ in self.seen))
+        """0 for the first value of a kind, 1 for the next different one...; a value seen before keeps its number."""
+        key = (kind, original.strip().lower())
+        if key not in self.seen:
+            self.seen[key] = self.counts.get(kind, 0)
+            self.counts[kind] = self.seen[key] + 1
+        return self.seen[key]
 
     def email(self, original: str) -> str:
         n = self.number("email", original)

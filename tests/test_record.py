@@ -455,3 +455,20 @@ def test_scrub_gives_the_same_value_the_same_replacement_and_quotes_dotted_keys(
         "m": {"k.v": "ada@example.com"},
     }
     assert [each.path for each in found] == ["data.a.email", "data.b.0", "data.b.1", 'data.m."k.v"']
+
+
+def test_the_scrub_line_names_twenty_paths_and_counts_the_rest(tmp_path: Path) -> None:
+    db = str(tmp_path / "events.db")
+    many = {"type": "customer.updated", "data": {"cc": [f"user{n}@corp.test" for n in range(25)]}}
+    ingest(db, [("msg_many", json.dumps(many).encode())])
+
+    result = record("msg_many", "--db", db, "--dir", str(tmp_path), "--scrub")
+
+    assert result.exit_code == 0, result.output
+    listed = ", ".join(f"data.cc.{n} (email in text)" for n in range(20))
+    assert result.output.splitlines()[0] == f"Scrubbed 25 value(s): {listed} and 5 more."
+    saved = json.loads((tmp_path / "customer.updated.json").read_text())["data"]["cc"]
+    assert saved[:7] == [
+        f"{first.lower()}@example.com" for first in ("Ada", "Grace", "Alan", "Katherine", "Edsger", "Barbara")
+    ] + ["person7@example.com"]
+    assert len(set(saved)) == 25

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +16,9 @@ from receiver.stores.protocol import Store, StoredEvent
 from ..fixtures import USER_DIR, Catalogue
 from ..paths import FixtureError
 from .options import db_option, fixtures_option, open_catalogue, run_on_store
+
+if TYPE_CHECKING:
+    from ..scrub import Scrubbed
 
 __all__ = ["fixtures"]
 
@@ -127,7 +131,6 @@ def fixtures_record(event_id: str, name: str | None, folder: Path | None, scrub:
       montra-hooks fixtures record msg_2Bc9XQ --dir tests/montra-fixtures --force
     """
     from ..record import check_name, fixture_from_body, write_fixture
-    from ..scrub import Scrubbed
     from ..scrub import scrub as scrub_body
 
     try:
@@ -155,13 +158,21 @@ def fixtures_record(event_id: str, name: str | None, folder: Path | None, scrub:
     except FixtureError as e:
         raise click.UsageError(str(e)) from e
     if scrub:
-        click.echo(
-            f"Scrubbed {len(replaced)} value(s): {', '.join(map(str, replaced))}."
-            if replaced
-            else "Scrubbed nothing: no email, name, phone, address or card number found."
-        )
+        click.echo(_scrubbed_line(replaced))
     trigger = f"montra-hooks trigger {path.stem}" + ("" if _read_by_default(folder) else f" --fixtures {folder}")
     click.echo(f"Saved {event.type} [{event.id}] as {path}: send it with `{trigger}`.")
+
+
+_LISTED = 20
+"""Paths a --scrub line names; the rest are counted (a body can hold thousands of emails)."""
+
+
+def _scrubbed_line(replaced: Sequence[Scrubbed]) -> str:
+    if not replaced:
+        return "Scrubbed nothing: no email, name, phone, address or card number found."
+    listed = ", ".join(map(str, replaced[:_LISTED]))
+    more = f" and {len(replaced) - _LISTED} more" if len(replaced) > _LISTED else ""
+    return f"Scrubbed {len(replaced)} value(s): {listed}{more}."
 
 
 def _env_dirs() -> list[Path]:
