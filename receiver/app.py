@@ -28,11 +28,12 @@ from .errors import ConfigurationError, EnvelopeError, StoreUnavailable, Verific
 from .event import parse_envelope, resource_refs
 from .hooks import Hooks
 from .ordering import order_time, run_ordering
+from .replays import REPLAY_OF_HEADER, replay_id
 from .retention import Retention
 from .stores.open import DEFAULT_DB, open_store
 from .stores.protocol import Incoming, Store
 from .stream import DEFAULT_KEEPALIVE, EventStream
-from .verify import Verifier
+from .verify import Verifier, sign
 
 if TYPE_CHECKING:
     from .inspector.pages import Inspector
@@ -124,10 +125,12 @@ def create_app(
     if keep is not None and keep <= 0:
         raise ConfigurationError(f"retain must be a positive duration, got {retain!r}.")
     settings = DispatchSettings(max_attempts=max_attempts, backoff=backoff, concurrency=concurrency, lease=lease)
+    secrets = [secrets] if isinstance(secrets, str) else list(secrets)
     return MontraApp(
         hooks or Hooks(),
         db=db,
         verifier=Verifier(secrets, tolerance=tolerance),
+        signing_secret=_signing_secret(secrets),
         path=path,
         max_body=max_body,
         inline=dispatch == "inline",
@@ -164,8 +167,11 @@ class MontraApp:
         retain: float | None = None,
         metrics: bool = False,
         metrics_token: str | None = None,
+        signing_secret: str | None = None,
     ) -> None:
         self.hooks = hooks
+        # What the inspector's replay signs with: never shown, logged or stored (see `replay`).
+        self._signing_secret = signing_secret
         self.min_free_bytes = min_free_bytes
         self.verifier = verifier
         self.path = path
@@ -391,6 +397,42 @@ class MontraApp:
                 self._dispatcher.wake()
         return count
 
+    async def replay(self, body: bytes, *, original: str) -> tuple[int, dict[str, Any]]:
+        """Send `body` to this receiver as a replay of event `original`; return its (status, answer).
+
+        In-process, through the same checks and store as `POST /webhooks` (no HTTP to itself): signed with
+        this receiver's first secret that can sign, under `replay_id(original)` with `montra-replay-of`.
+        The answer is the webhook endpoint's JSON: `{"id": ..., "status": "stored"}`, or its error.
+        """
+        if self._signing_secret is None:
+            message = (
+                "This receiver has only whpk_ public keys: it can verify but not sign, so it cannot replay to itself. "
+                "Add its whsk_ signing key to its secrets, or replay with `montra-hooks replay --secret whsk_...`."
+            )
+            return 409, {"error": "cannot_sign", "message": message}
+        new_id = replay_id(original)
+        signed = sign(body, secret=self._signing_secret, msg_id=new_id)
+        headers = {"content-type": "application/json", **signed, REPLAY_OF_HEADER: original}
+        scope: Scope = {
+            "type": "http",
+            "method": "POST",
+            "path": self.path,
+            "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()],
+            "client": None,  # no remote: a rejection of it is stored without one
+        }
+        answer: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Message) -> None:
+            answer.append(message)
+
+        await self._receive_webhook(scope, receive, send)
+        status: int = answer[0]["status"]
+        payload: dict[str, Any] = json.loads(answer[1]["body"])
+        return status, payload
+
     # -- other routes ----------------------------------------------------------------------
 
     def _inspector_routes(self, inspect: bool, token: str | None) -> list[BaseRoute]:
@@ -479,6 +521,11 @@ def _collect_headers(raw: Sequence[tuple[bytes, bytes]]) -> tuple[dict[str, str]
         else:
             headers[name] = (" " if name in _SIGNATURE_NAMES else ", ").join(values)
     return headers, conflict
+
+
+def _signing_secret(secrets: Sequence[str]) -> str | None:
+    """The first configured secret that can sign (a whpk_ public key only verifies)."""
+    return next((secret for secret in secrets if not secret.startswith("whpk_")), None)
 
 
 def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:

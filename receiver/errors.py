@@ -10,6 +10,7 @@ __all__ = [
     "MontraHooksError",
     "NoRetry",
     "StoreUnavailable",
+    "UnknownEventTypeWarning",
     "VerificationError",
     "VerificationReason",
 ]
@@ -60,4 +61,14 @@ class NoRetry(Exception):
     ... def refund(event):
     ...     if "transaction_id" not in event.data:
     ...         raise NoRetry("refund without transaction_id: retrying will not help")
+    """
+
+
+class UnknownEventTypeWarning(UserWarning):
+    """`hooks.on` was given an event type (or `prefix.*`) that no type of `receiver.types` matches.
+
+    The handler is registered anyway: Montra may send types this version does not know. When the
+    name is right (a type newer than this version, or one of your own fixtures), silence it:
+
+    >>> warnings.filterwarnings("ignore", category=UnknownEventTypeWarning)
     """

@@ -6,7 +6,9 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, Generic, Literal, Self, TypeAlias, cast
+
+from typing_extensions import TypeVar
 
 from .errors import EnvelopeError
 
@@ -34,18 +36,26 @@ EventStatus: TypeAlias = Literal["dead", "failed", "pending", "handled", "unhand
 """An event's status, derived from its runs: the first of these that applies."""
 
 
+Data = TypeVar("Data", default=dict[str, Any])
+"""An event's payload type: a TypedDict of `receiver.types` (`Event[Subscription]`); a plain dict when unsaid."""
+
+
 @dataclass(frozen=True, slots=True)
-class Event:
+class Event(Generic[Data]):
     """One Montra webhook as a handler sees it.
 
     `id` is the `webhook-id` header (the idempotency key: the same on every retry and
     redelivery), `body` the exact bytes received, `attempt` this handler's try, from 1.
     Delivery is at least once: a handler must be idempotent on `event.id`.
+
+    `Event[Subscription]` types `data` with a payload of `receiver.types`; a bare `Event` is
+    `Event[dict[str, Any]]`. The payload is not checked at runtime: `montra-hooks drift` reports
+    stored events whose shape differs from these types.
     """
 
     id: str
     type: str
-    data: dict[str, Any]
+    data: Data
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
     timestamp: datetime | None = None
@@ -60,21 +70,25 @@ class Event:
         return dict(resource_refs(self.type, self.data))
 
     @classmethod
-    def from_body(cls, id: str, body: bytes, headers: Mapping[str, str] | None = None, *, attempt: int = 1) -> Event:
-        """Parse an envelope (`{"type": ..., "data": ..., "timestamp": ...}`) received as `body`."""
+    def from_body(cls, id: str, body: bytes, headers: Mapping[str, str] | None = None, *, attempt: int = 1) -> Self:
+        """Parse an envelope (`{"type": ..., "data": ..., "timestamp": ...}`) received as `body`.
+
+        `Event[Subscription].from_body(...)` is typed as an `Event[Subscription]`, so a test can call a typed
+        handler with it; the payload's shape is taken on trust (a fixture is a good source).
+        """
         envelope = json.loads(body)
         return cls.from_envelope(id, envelope, body, headers or {}, attempt=attempt)
 
     @classmethod
     def from_envelope(
         cls, id: str, envelope: dict[str, Any], body: bytes, headers: Mapping[str, str], *, attempt: int = 1
-    ) -> Event:
+    ) -> Self:
         data = envelope.get("data")
         previous = envelope.get("previous_attributes")
         return cls(
             id=id,
             type=envelope["type"],
-            data=data if isinstance(data, dict) else {},
+            data=cast(Data, data if isinstance(data, dict) else {}),
             body=body,
             headers=headers,
             timestamp=parse_timestamp(envelope.get("timestamp")),

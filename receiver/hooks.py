@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import difflib
 import functools
 import importlib
 import inspect
@@ -13,22 +14,54 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypedDict, TypeVar, overload
 
-from .errors import ConfigurationError
+from typing_extensions import Unpack
+
+from .errors import ConfigurationError, UnknownEventTypeWarning
 from .event import DeadCallback, Event, Handler
+from .types import (
+    EVENT_TYPES,
+    Checkout,
+    CheckoutEventType,
+    CheckoutLink,
+    CheckoutLinkEventType,
+    Customer,
+    CustomerEventType,
+    Discount,
+    DiscountEventType,
+    Entitlement,
+    EntitlementEventType,
+    Meter,
+    MeterEventType,
+    Payment,
+    PaymentEventType,
+    PricingModel,
+    PricingModelEventType,
+    Refund,
+    RefundEventType,
+    ScheduledChange,
+    ScheduledChangeEventType,
+    Subscription,
+    SubscriptionEventType,
+    UsageEventType,
+    UsageRecord,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "HandlerTimeout",
     "Hooks",
+    "OnOptions",
     "Registration",
     "import_hooks",
     "is_async_callable",
     "matches",
+    "unknown_type_hint",
     "validate_ordering",
     "validate_pattern",
 ]
@@ -38,8 +71,39 @@ log = logging.getLogger("montra.dispatch")
 DEFAULT_TIMEOUT = 60.0
 """Seconds a try may take before it counts as failed, unless `on(..., timeout=)` says otherwise."""
 
-H = TypeVar("H", bound=Handler)
 D = TypeVar("D", bound=DeadCallback)
+
+P = TypeVar("P")
+HandlerOf: TypeAlias = Callable[[Event[P]], Awaitable[None] | None]
+"""A handler of events whose payload is `P`: `HandlerOf[Subscription]`."""
+
+# What `hooks.on` accepts: any handler for patterns (`subscription.*`, `*`) and for types of several payloads;
+# for the types of one payload, a handler of that payload (`Event[Subscription]`) or of a bare `Event`.
+# One TypeVar per payload, since a TypeVar's bound cannot itself be generic; each keeps the decorated
+# function's own type. tests/test_types.py checks there is one for each payload of receiver.types.
+H = TypeVar("H", bound=HandlerOf[Any])
+_OnCustomer = TypeVar("_OnCustomer", bound=HandlerOf[Customer] | Handler)
+_OnMeter = TypeVar("_OnMeter", bound=HandlerOf[Meter] | Handler)
+_OnUsage = TypeVar("_OnUsage", bound=HandlerOf[UsageRecord] | Handler)
+_OnPricingModel = TypeVar("_OnPricingModel", bound=HandlerOf[PricingModel] | Handler)
+_OnCheckoutLink = TypeVar("_OnCheckoutLink", bound=HandlerOf[CheckoutLink] | Handler)
+_OnCheckout = TypeVar("_OnCheckout", bound=HandlerOf[Checkout] | Handler)
+_OnPayment = TypeVar("_OnPayment", bound=HandlerOf[Payment] | Handler)
+_OnSubscription = TypeVar("_OnSubscription", bound=HandlerOf[Subscription] | Handler)
+_OnScheduledChange = TypeVar("_OnScheduledChange", bound=HandlerOf[ScheduledChange] | Handler)
+_OnRefund = TypeVar("_OnRefund", bound=HandlerOf[Refund] | Handler)
+_OnDiscount = TypeVar("_OnDiscount", bound=HandlerOf[Discount] | Handler)
+_OnEntitlement = TypeVar("_OnEntitlement", bound=HandlerOf[Entitlement] | Handler)
+
+
+class OnOptions(TypedDict, total=False):
+    """The keyword options of `Hooks.on` (its typed overloads take them as `**options`)."""
+
+    name: str | None
+    max_attempts: int | None
+    timeout: float | None
+    ordered_by: str | None
+    hold_on_dead: bool
 
 
 class HandlerTimeout(TimeoutError):
@@ -61,6 +125,32 @@ def validate_pattern(pattern: str) -> str:
             "a prefix ('subscription.*') or '*'."
         )
     return pattern
+
+
+def unknown_type_hint(pattern: str) -> str | None:
+    """None when `pattern` can match a known event type; else what `hooks.on` warns, with the closest known name.
+
+    >>> unknown_type_hint("subscription.cancelled")
+    "hooks.on('subscription.cancelled'): not a known Montra event type; did you mean 'subscription.canceled'? ..."
+    """
+    if pattern == "*" or pattern in EVENT_TYPES:
+        return None
+    if pattern.endswith(".*"):
+        prefix = pattern[:-1]
+        if any(known.startswith(prefix) for known in EVENT_TYPES):
+            return None
+        # Every prefix pattern that matches something: `subscription.*`, `subscription.scheduled_change.*`.
+        candidates = sorted({".".join(known.split(".")[:n]) + ".*" for known in EVENT_TYPES for n in (1, 2)})
+        what = "no known Montra event type starts with " + repr(prefix)
+    else:
+        candidates, what = list(EVENT_TYPES), "not a known Montra event type"
+    close = difflib.get_close_matches(pattern, candidates, n=1, cutoff=0.6)
+    guess = f"; did you mean {close[0]!r}?" if close else " (receiver.types.EVENT_TYPES lists them)."
+    return (
+        f"hooks.on({pattern!r}): {what}{guess} Registered anyway (Montra may add types); "
+        "if the name is right, silence this with "
+        'warnings.filterwarnings("ignore", category=receiver.errors.UnknownEventTypeWarning).'
+    )
 
 
 def validate_ordering(ordered_by: object, hold_on_dead: object) -> None:
@@ -192,6 +282,51 @@ class Hooks:
         self._dead_callbacks: list[DeadCallback] = []
         self._by_type: dict[str, tuple[Registration, ...]] = {}
         self._threads: ThreadPoolExecutor | None = None
+        self._warned: set[str] = set()
+
+    # Typed overloads: the types of one payload take a handler of `Event[ThatPayload]` (or a bare `Event`).
+    @overload
+    def on(
+        self, *patterns: CustomerEventType, **options: Unpack[OnOptions]
+    ) -> Callable[[_OnCustomer], _OnCustomer]: ...
+    @overload
+    def on(self, *patterns: MeterEventType, **options: Unpack[OnOptions]) -> Callable[[_OnMeter], _OnMeter]: ...
+    @overload
+    def on(self, *patterns: UsageEventType, **options: Unpack[OnOptions]) -> Callable[[_OnUsage], _OnUsage]: ...
+    @overload
+    def on(
+        self, *patterns: PricingModelEventType, **options: Unpack[OnOptions]
+    ) -> Callable[[_OnPricingModel], _OnPricingModel]: ...
+    @overload
+    def on(
+        self, *patterns: CheckoutLinkEventType, **options: Unpack[OnOptions]
+    ) -> Callable[[_OnCheckoutLink], _OnCheckoutLink]: ...
+    @overload
+    def on(
+        self, *patterns: CheckoutEventType, **options: Unpack[OnOptions]
+    ) -> Callable[[_OnCheckout], _OnCheckout]: ...
+    @overload
+    def on(self, *patterns: PaymentEventType, **options: Unpack[OnOptions]) -> Callable[[_OnPayment], _OnPayment]: ...
+    @overload
+    def on(
+        self, *patterns: SubscriptionEventType, **options: Unpack[OnOptions]
+    ) -> Callable[[_OnSubscription], _OnSubscription]: ...
+    @overload
+    def on(
+        self, *patterns: ScheduledChangeEventType, **options: Unpack[OnOptions]
+    ) -> Callable[[_OnScheduledChange], _OnScheduledChange]: ...
+    @overload
+    def on(self, *patterns: RefundEventType, **options: Unpack[OnOptions]) -> Callable[[_OnRefund], _OnRefund]: ...
+    @overload
+    def on(
+        self, *patterns: DiscountEventType, **options: Unpack[OnOptions]
+    ) -> Callable[[_OnDiscount], _OnDiscount]: ...
+    @overload
+    def on(
+        self, *patterns: EntitlementEventType, **options: Unpack[OnOptions]
+    ) -> Callable[[_OnEntitlement], _OnEntitlement]: ...
+    @overload
+    def on(self, *patterns: str, **options: Unpack[OnOptions]) -> Callable[[H], H]: ...
 
     def on(
         self,
@@ -201,7 +336,7 @@ class Hooks:
         timeout: float | None = None,
         ordered_by: str | None = None,
         hold_on_dead: bool = False,
-    ) -> Callable[[H], H]:
+    ) -> Callable[[Any], Any]:
         """Register a handler for event types: exact (`refund.created`), prefixes (`subscription.*`) or `*`.
 
         `name` defaults to `module.qualname` and must stay stable: runs are recorded under it.
@@ -209,11 +344,16 @@ class Hooks:
         `ordered_by="subscription"`: this handler's runs for events about one subscription never overlap and
         start in `timestamp` order; a failed run holds back the later ones until it succeeds or is dead
         (`hold_on_dead=True`: until it is retried and succeeds).
+
+        Typed: for the types of one payload, the handler may take `Event[ThatPayload]`
+        (`@hooks.on("subscription.upgraded")` with `event: Event[Subscription]`). A type this version
+        does not know warns once (`UnknownEventTypeWarning`, naming the closest known one) and registers.
         """
         if not patterns:
             raise ConfigurationError("hooks.on() needs at least one event type or pattern, e.g. hooks.on('*').")
         for pattern in patterns:
             validate_pattern(pattern)
+            self._warn_if_unknown(pattern)
         validate_ordering(ordered_by, hold_on_dead)
         if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
             raise ConfigurationError(f"max_attempts must be a whole number, at least 1, got {max_attempts!r}.")
@@ -242,6 +382,14 @@ class Hooks:
             return fn
 
         return register
+
+    def _warn_if_unknown(self, pattern: str) -> None:
+        """Warn, once per pattern and Hooks, when `pattern` names no event type this version knows."""
+        if pattern in self._warned or (hint := unknown_type_hint(pattern)) is None:
+            return
+        self._warned.add(pattern)
+        # stacklevel 3: the line of the user's `@hooks.on(...)`, past this method and on().
+        warnings.warn(hint, UnknownEventTypeWarning, stacklevel=3)
 
     def on_dead(self, fn: D) -> D:
         """Register `fn(event, handler_name, error)`, called once when a run becomes `dead`."""

@@ -56,9 +56,11 @@ from typing import Any
 from .paths import FixtureError, get_path, parse_assignment, remove_path, set_path, split_path, split_target, walk
 
 __all__ = [
+    "USER_DIR",
     "Catalogue",
     "FixtureError",
     "builtin_dir",
+    "default_user_dirs",
 ]
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -71,6 +73,18 @@ _LIST_HINT = "Run `montra-hooks fixtures list` to see every type and scenario."
 
 # `set=` takes {path: value}, (path, value) pairs, or the "path=value" text of `trigger --set`.
 Assignments = Mapping[str, Any] | Iterable[tuple[str, Any] | str]
+
+
+USER_DIR = "montra-fixtures"
+"""Your fixture folder when none is named: `fixtures record` writes there, and `trigger`, `watch`,
+`fixtures list|show` and the pytest plugin read it when it exists and neither `--fixtures` (the
+plugin's `montra_fixtures` ini option) nor env MONTRA_HOOKS_FIXTURES names folders."""
+
+
+def default_user_dirs(base: Path | None = None) -> list[Path]:
+    """`[base/montra-fixtures]` when that folder exists (base: the current directory), else none."""
+    folder = Path(USER_DIR) if base is None else base / USER_DIR
+    return [folder] if folder.is_dir() else []
 
 
 def builtin_dir() -> Path:

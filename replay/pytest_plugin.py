@@ -13,7 +13,8 @@ fixtures are there in every test; nothing to import or configure. No pytest-asyn
 - `montra_secret`: the fresh `whsec_` secret this test's apps check.
 
 Your own fixture folders win over the built-in ones: set `montra_fixtures = tests/montra-fixtures`
-in the pytest ini (paths relative to it), or env `MONTRA_HOOKS_FIXTURES`.
+in the pytest ini (paths relative to it), or env `MONTRA_HOOKS_FIXTURES`; with neither, the rootdir's
+`montra-fixtures` folder (where `montra-hooks fixtures record` saves) is read when it exists.
 
     def test_upgrade_grants_the_plan(montra_app):
         app = montra_app(hooks)
@@ -166,14 +167,18 @@ def montra_secret() -> str:
 
 @pytest.fixture
 def montra_catalogue(pytestconfig: pytest.Config) -> Catalogue:
-    """The fixture catalogue: the ini's `montra_fixtures` folders, env MONTRA_HOOKS_FIXTURES, then built-ins."""
-    from .fixtures import Catalogue
+    """The fixture catalogue: the ini's `montra_fixtures` folders, env MONTRA_HOOKS_FIXTURES, then built-ins.
+
+    With neither, `montra-fixtures` in the rootdir (beside pytest.ini or pyproject.toml) when it exists:
+    the folder `montra-hooks fixtures record` saves to when run there.
+    """
+    from .fixtures import Catalogue, default_user_dirs
 
     folders: list[Path] = list(pytestconfig.getini("montra_fixtures"))
     env = os.environ.get("MONTRA_HOOKS_FIXTURES")
     if env:
         folders.extend(Path(folder) for folder in env.split(os.pathsep) if folder)
-    return Catalogue(folders)
+    return Catalogue(folders or default_user_dirs(pytestconfig.rootpath))
 
 
 @pytest.fixture

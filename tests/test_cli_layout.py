@@ -37,6 +37,7 @@ def test_python_dash_m_replay_lists_every_command() -> None:
     listed = re.findall(r"^  (\S+)  ", result.stdout.split("Commands:\n", 1)[1], flags=re.MULTILINE)
     assert listed == sorted(cli.commands)
     expected = {"serve", "events", "rejections", "retry", "prune", "trigger", "replay", "watch", "listen", "fixtures"}
+    expected.add("drift")
     assert set(listed) == expected
 
 

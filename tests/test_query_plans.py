@@ -1,4 +1,4 @@
-"""Every statement a store issues is bounded by an index: none reads all of `events` or `handler_runs`.
+"""Every statement a store issues is bounded by an index: none reads all of `events`, `handler_runs` or `event_refs`.
 
 A store of BIG events (each with a run, most succeeded, some dead, failed or pending) is built through
 the public schema with executemany, its statistics refreshed; then the store API is exercised on the
@@ -42,6 +42,15 @@ HANDLERS = ["plans.audit", "plans.mail"]
 TYPES = ["customer.created", "invoice.paid", "refund.created", "subscription.upgraded", "subscription.canceled"]
 DAY = 86400.0
 NOW = time.time()
+
+REFS = 250
+"""Customers the events are about: each event names one (`event_refs`), so each customer has BIG / REFS events."""
+REF_SQL = f"INSERT INTO event_refs (seq, kind, ref) SELECT seq, 'customer', 'cus_' || ((seq - 1) % {REFS}) FROM events"
+
+
+def ref_of(n: int) -> str:
+    return f"cus_{n % REFS}"
+
 
 SEQ_WALK = re.compile(r"^SELECT seq, id, .* FROM events( WHERE (received_at [<>]=? \S+( AND |\s)?)+)? ORDER BY seq")
 """A listing that walks `events` in seq order and stops at its limit (see the module docstring)."""
@@ -106,6 +115,12 @@ async def exercise(store: Store) -> None:
 
     assert await store.get_event("evt_000007") is not None
     assert await store.get_runs("evt_000007")
+    # The inspector's event page and resource timeline: an event's tries and resources, a resource's events by seq.
+    await store.get_attempts("evt_000007")
+    assert await store.get_refs("evt_000007") == [("customer", ref_of(7))]
+    about = await store.list_events(EventFilter(ref=ref_of(7), limit=50))
+    assert len(about) == 50
+    assert len(await store.list_events(EventFilter(ref=ref_of(7), after_seq=about[-1].seq, limit=50))) == 50
     newest = (await store.seq_bounds())[1]
     since = datetime.fromtimestamp(now - DAY, UTC)
     for selection in (
@@ -120,6 +135,16 @@ async def exercise(store: Store) -> None:
         EventFilter(types=["subscription.*"], status=["handled"], newest_first=True, limit=50),
     ):
         await store.list_events(selection)
+    # drift: the stored types (all, a prefix, an exact one), then each type's newest events, a page at a time.
+    assert await store.event_types() == sorted(TYPES)
+    assert await store.event_types(["subscription.*", "invoice.paid", "nope"]) == [
+        "invoice.paid",
+        "subscription.canceled",
+        "subscription.upgraded",
+    ]
+    await store.list_events(
+        EventFilter(types=["invoice.paid"], since=since, max_seq=newest, newest_first=True, limit=50)
+    )
     streamed = [event.seq async for event in store.iter_events(EventFilter(after_seq=newest - 120), page=50)]
     assert len(streamed) > 100
     prefixed = EventFilter(types=["subscription.*"], after_seq=newest - 500, max_seq=newest)
@@ -197,13 +222,14 @@ def build_sqlite(path: Path) -> None:
         "order_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [(*r[:4], iso(r[4]), r[5], None if r[6] is None else iso(r[6]), r[7]) for r in runs],
     )
+    conn.execute(REF_SQL)
     conn.execute("COMMIT")
     conn.close()
 
 
 def sqlite_scans(conn: sqlite3.Connection, statement: str) -> list[str]:
     plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement)]
-    scans = [step for step in plan if re.match(r"SCAN (events|handler_runs)\b", step)]
+    scans = [step for step in plan if re.match(r"SCAN (events|handler_runs|event_refs)\b", step)]
     if scans and SEQ_WALK.match(statement) and plan == ["SCAN events"]:
         return []
     return scans
@@ -288,6 +314,7 @@ def build_postgres(url: str) -> None:
         ):
             for r in runs:
                 copy.write_row((*r[:4], iso(r[4]), r[5], None if r[6] is None else iso(r[6]), r[7]))
+        conn.execute(REF_SQL)
         conn.execute("ANALYZE")
 
 
@@ -295,7 +322,7 @@ def postgres_scans(plan: dict[str, Any], *, limited: bool = False) -> list[str]:
     """Full scans of a big table in `plan`; a walk of `events` in seq order right under a Limit is allowed."""
     found = []
     kind, relation = plan.get("Node Type"), plan.get("Relation Name")
-    if relation in ("events", "handler_runs"):
+    if relation in ("events", "handler_runs", "event_refs"):
         seq_walk = limited and plan.get("Index Name") == "events_pkey"
         if kind == "Seq Scan":
             found.append(f"Seq Scan on {relation}")

@@ -3,7 +3,10 @@
 `GET /inspect` lists events newest first, filtered by type pattern, status and id, and polls
 `/inspect/api/events` so new events appear without a reload. `GET /inspect/events/{id}` shows
 one event: its body pretty-printed, its headers, each handler run with its error and
-traceback, a re-run button and a `montra-hooks replay` command to copy. Who may open them is
+traceback and every try (`timeline`), the resources it names, its `previous_attributes` as a
+change (`changes`), re-run, replay and edit-and-replay (sent in-process through the webhook path:
+`MontraApp.replay`), and a `montra-hooks replay` command to copy. `GET /inspect/resources/{ref}`
+lists the events about one resource. Who may open them is
 decided in `access`. Pages are rendered on the server with Jinja2, autoescaped (bodies
 and headers come from the internet), with one small script and one stylesheet from this package:
 nothing is fetched from anywhere else.
@@ -12,6 +15,7 @@ nothing is fetched from anywhere else.
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -31,10 +35,13 @@ from ..errors import ConfigurationError
 from ..event import EventStatus
 from ..hooks import validate_pattern
 from ..ordering import waiting_text
+from ..replays import original_id
 from ..stores.open import DEFAULT_DB
 from ..stores.protocol import REDACTED, EventFilter, Run, StoredEvent, iso
 from .access import InspectorAccess, Refusal, is_loopback_host
 from .body import body_view, highlight_json
+from .changes import changes
+from .timeline import MAX_RESOURCE_PAGE, RESOURCE_PAGE_SIZE, attempt_rows, read_resource, resource_path
 
 if TYPE_CHECKING:
     from ..app import MontraApp
@@ -105,6 +112,9 @@ class Inspector:
             Route("/inspect/api/events/{event_id:path}", guard(self.api_event, "api"), methods=["GET"]),
             Route("/inspect/static/{name}", guard(self.static, "static"), methods=["GET"]),
             Route("/inspect/events/{event_id:path}/rerun", guard(self.rerun, "action"), methods=["POST"]),
+            # The event and resource pages' actions and timeline (before the catch-all event path).
+            Route("/inspect/events/{event_id:path}/replay", guard(self.replay, "action"), methods=["POST"]),
+            Route("/inspect/resources/{ref:path}", guard(self.resource_page, "page"), methods=["GET"]),
             Route("/inspect/events/{event_id:path}", guard(self.event_page, "page"), methods=["GET"]),
         ]
 
@@ -158,10 +168,26 @@ class Inspector:
         event = await self.app.store.get_event(event_id)
         if event is None:
             return self._render(request, "not_found.html", {"event_id": event_id}, status_code=404)
-        runs = await self.app.store.get_runs(event_id)
-        waiting = await self._waiting(request, event_id, runs)
-        body_html, body_kind = body_view(event.body)
         requeued = _whole_number("requeued", request.query_params.get("requeued", "").strip())
+        return await self._event_view(request, event, requeued=requeued)
+
+    async def _event_view(
+        self,
+        request: Request,
+        event: StoredEvent,
+        *,
+        requeued: int | None = None,
+        edited: str | None = None,
+        replay_error: str | None = None,
+        status_code: int = 200,
+    ) -> Response:
+        """The event page; after a refused replay, with the error and the edited text kept in the form."""
+        store = self.app.store
+        runs = await store.get_runs(event.id)
+        attempts, refs = await store.get_attempts(event.id), await store.get_refs(event.id)
+        body_html, body_kind = body_view(event.body)
+        parsed = json.loads(event.body) if body_kind == "JSON" else None  # only a body body_view could pretty-print
+        original = original_id(event.id, event.headers)
         context = {
             "event": _event_row(request, event),
             "occurred_at": event.occurred_at,
@@ -172,13 +198,73 @@ class Inspector:
             "body_html": body_html,
             "body_kind": body_kind,
             "body_size": len(event.body),
-            "replay_command": self._replay_command(request, event_id),
+            "replay_command": self._replay_command(request, event.id),
             "state": _state(event, runs),
-            "state_url": f"{_base(request)}/api/events/{quote(event_id, safe='')}",
+            "state_url": f"{_base(request)}/api/events/{quote(event.id, safe='')}",
             "requeued": requeued,
-            "waiting": waiting,
+            "waiting": await self._waiting(request, event.id, runs),
+            # The event and resource pages' history, change and edit form.
+            "attempts": attempt_rows(attempts),
+            "refs": [(kind, ref, _base(request) + resource_path(ref)) for kind, ref in refs],
+            "changes": changes(parsed),
+            "replay_of": (original, _event_url(request, original)) if original != event.id else None,
+            "edit_text": edited if edited is not None else _edit_text(event.body, parsed),
+            "replay_error": replay_error,
         }
-        return self._render(request, "event.html", context)
+        return self._render(request, "event.html", context, status_code=status_code)
+
+    # -- the event and resource pages' replay action and timeline ----------------------------
+
+    async def replay(self, request: Request) -> Response:
+        """Send the event (as stored, or the form's edited `body`) to this receiver under a new id; show the new one."""
+        event_id = request.path_params["event_id"]
+        limit = _edit_form_limit(self.app.max_body)
+        try:
+            form = await _form(request, limit=limit)
+        except _FormTooLarge:
+            return _form_too_large(limit)
+        event = await self.app.store.get_event(event_id)
+        if event is None:
+            return JSONResponse({"error": "not_found", "message": f"No event {event_id!r} is stored."}, 404)
+        edited = form.get("body")
+        body = event.body
+        if edited is not None:
+            edited = edited.replace("\r\n", "\n")  # browsers send a textarea's lines with CRLF
+            try:
+                json.loads(edited)
+            except (ValueError, RecursionError) as e:
+                error = f"The edited body is not JSON ({_json_error(e)}). Nothing was sent: fix it and submit again."
+                return await self._event_view(request, event, edited=edited, replay_error=error, status_code=400)
+            body = edited.encode()
+        status, answer = await self.app.replay(body, original=original_id(event.id, event.headers))
+        # Stored is what counts: an inline receiver answers 500 when a handler failed, with the event kept.
+        if status == 200 or answer.get("error") == "handler_failed":
+            return RedirectResponse(_event_url(request, answer["id"]), 303)
+        error = f"The receiver refused the replay ({answer['error']}): {answer['message']} Nothing was stored."
+        return await self._event_view(request, event, edited=edited, replay_error=error, status_code=status)
+
+    async def resource_page(self, request: Request) -> Response:
+        ref = request.path_params["ref"]
+        after = _whole_number("after", request.query_params.get("after", "").strip())
+        limit = _whole_number("limit", request.query_params.get("limit", "").strip()) or RESOURCE_PAGE_SIZE
+        page = await read_resource(self.app.store, ref, after=after, limit=min(limit, MAX_RESOURCE_PAGE))
+        if not page.events and after is None:
+            return self._render(request, "resource.html", {"ref": ref, "found": False}, status_code=404)
+        here = _base(request) + resource_path(ref)
+        context = {
+            "ref": ref,
+            "found": True,
+            "kinds": page.kinds,
+            "rows": [
+                {**_event_row(request, event), "occurred_at": event.occurred_at, "runs": runs}
+                for event, runs in page.events
+            ],
+            "after": after,
+            "first_url": here,
+            "next_url": f"{here}?{urlencode({'after': page.next_after})}" if page.next_after is not None else None,
+            "list_url": f"{_base(request)}?{urlencode({'ref': ref})}",
+        }
+        return self._render(request, "resource.html", context)
 
     async def _waiting(self, request: Request, event_id: str, runs: list[Run]) -> dict[str, dict[str, str]]:
         """For each run of an ordered handler held back by an earlier event: that event, its link, and why."""
@@ -413,13 +499,16 @@ class _FormTooLarge(Exception):
     """A form body larger than any of the inspector's forms: refused, never read as an empty form."""
 
 
-async def _form(request: Request) -> dict[str, str]:
+async def _form(request: Request, *, limit: int = _MAX_FORM_BYTES) -> dict[str, str]:
     """An `application/x-www-form-urlencoded` body (all our forms send), without python-multipart."""
-    body = b""
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_FORM_BYTES:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
             raise _FormTooLarge
+    body = b"".join(chunks)
     pairs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     form = {name: values[0] for name, values in pairs.items()}
     if any("\x00" in text for pair in form.items() for text in pair):
@@ -427,9 +516,27 @@ async def _form(request: Request) -> dict[str, str]:
     return form
 
 
-def _form_too_large() -> Response:
-    message = f"The form is larger than {_MAX_FORM_BYTES} bytes: no inspector form is."
+def _form_too_large(limit: int = _MAX_FORM_BYTES) -> Response:
+    message = f"The form is larger than {limit} bytes: no inspector form is."
     return JSONResponse({"error": "body_too_large", "message": message}, status_code=413)
+
+
+def _edit_form_limit(max_body: int) -> int:
+    # A body the receiver takes, pretty-printed and URL-encoded (up to 3 bytes a byte), and room for the rest.
+    return 2 * 3 * max_body + _MAX_FORM_BYTES
+
+
+def _edit_text(body: bytes, parsed: object) -> str:
+    """The body as the edit form holds it: pretty-printed when it is JSON the page could pretty-print."""
+    if parsed is not None:
+        return json.dumps(parsed, indent=2, ensure_ascii=False)
+    return body.decode("utf-8", "replace")
+
+
+def _json_error(error: ValueError | RecursionError) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at line {error.lineno}, column {error.colno}"
+    return "nested too deep" if isinstance(error, RecursionError) else str(error)
 
 
 def _secured(response: Response) -> Response:

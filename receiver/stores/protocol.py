@@ -51,6 +51,7 @@ __all__ = [
     "parse_iso",
     "redact",
     "select_events_sql",
+    "stored_types_sql",
     "type_clause",
     "type_ranges",
     "with_exact_types",
@@ -351,6 +352,13 @@ class Store(Protocol):
         ...
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]: ...
+    async def event_types(self, patterns: Sequence[str] = ()) -> list[str]:
+        """The distinct stored types that match `patterns` (every one when empty or `*`), sorted.
+
+        One index seek per type found (`stored_types_sql`), however many events each has.
+        """
+        ...
+
     async def list_rejections(
         self, *, reasons: Sequence[str] = (), since: datetime | None = None, limit: int = 50
     ) -> list[Rejection]:
@@ -520,6 +528,24 @@ def distinct_types_sql(mark: str) -> str:
         "FROM t WHERE t.type IS NOT NULL"
         ") SELECT type FROM t WHERE type IS NOT NULL"
     )
+
+
+def stored_types_sql(patterns: Sequence[str], *, mark: str) -> list[tuple[str, list[Any]]]:
+    """Statements whose rows, together, are the distinct stored types matching `patterns` (all when empty or `*`).
+
+    A range or the whole table is walked one type at a time (`distinct_types_sql`); an exact type is one seek.
+    """
+    if not patterns or "*" in patterns:
+        every = (
+            "WITH RECURSIVE t (type) AS (SELECT min(type) FROM events "
+            "UNION ALL SELECT (SELECT min(type) FROM events WHERE type > t.type) FROM t WHERE t.type IS NOT NULL"
+            ") SELECT type FROM t WHERE type IS NOT NULL"
+        )
+        return [(every, [])]
+    statements = [(distinct_types_sql(mark), [low, high, high]) for low, high in type_ranges(patterns)]
+    exact = dict.fromkeys(p for p in patterns if not p.endswith(".*"))
+    statements += [(f"SELECT type FROM events WHERE type = {mark} LIMIT 1", [name]) for name in exact]
+    return statements
 
 
 def with_exact_types(selection: EventFilter, stored: Sequence[str]) -> EventFilter:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from .drift import drift_command
 from .events import events
 from .fixtures import fixtures
 from .listen import listen
@@ -31,7 +32,7 @@ def cli() -> None:
 
 
 events.add_command(tail)  # its own module: events.py holds the listing and showing
-for _command in (serve, events, rejections, retry, prune, trigger, replay, watch, listen, fixtures):
+for _command in (serve, events, rejections, retry, prune, trigger, replay, watch, listen, fixtures, drift_command):
     cli.add_command(_command)
 
 

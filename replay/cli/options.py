@@ -28,7 +28,7 @@ from receiver.stores.open import DEFAULT_DB, is_postgres_url, open_store
 from receiver.stores.protocol import Store
 from receiver.stores.sqlite.store import check_store_file
 
-from ..fixtures import Catalogue
+from ..fixtures import USER_DIR, Catalogue, default_user_dirs
 from ..paths import FixtureError, parse_assignment
 from ..targets import DEFAULT_TO, RemoteTarget, check_target, signing_secret
 
@@ -250,10 +250,12 @@ def fixtures_option(fn: F) -> F:
         "fixture_dirs",
         multiple=True,
         envvar="MONTRA_HOOKS_FIXTURES",
+        # Read when the command runs, not at import: ./montra-fixtures may appear after the CLI loads.
+        default=default_user_dirs,
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         metavar="DIR",
         help=f"A folder of your own fixtures, which win over the built-in ones; repeat for more "
-        f"(env MONTRA_HOOKS_FIXTURES, folders separated by {os.pathsep!r}).",
+        f"(env MONTRA_HOOKS_FIXTURES, folders separated by {os.pathsep!r}; default ./{USER_DIR} if it exists).",
     )(fn)
 
 

@@ -35,7 +35,12 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from receiver.stores.protocol import EventFilter, Store
+
     from ..replay import Target
+    from ..send import Outgoing
 
 __all__ = ["replay"]
 
@@ -55,6 +60,11 @@ _DEFAULT_CONCURRENCY = 8  # replay.replay.DEFAULT_CONCURRENCY, repeated so --hel
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="R", help="At most R events a second.")
 @click.option("--in-order", is_flag=True, help="One at a time, in arrival order, each after the previous answer.")
 @click.option("--dry-run", is_flag=True, help="List what would be sent; send nothing.")
+@click.option(
+    "--edit",
+    is_flag=True,
+    help="Open each body in $VISUAL or $EDITOR first, and send what you save (all edited before any is sent).",
+)
 @json_option("One JSON line per event, then a summary line.")
 @allow_remote_option
 @timeout_option
@@ -77,6 +87,7 @@ def replay(
     rate: float | None,
     in_order: bool,
     dry_run: bool,
+    edit: bool,
     as_json: bool,
     allow_remote: bool,
     timeout: float,
@@ -89,11 +100,16 @@ def replay(
     are sent instead of stored events. Exit status 1 if any event was not accepted (a 2xx, or
     handlers that all succeeded).
 
+    --edit opens each body, pretty-printed, in $VISUAL or $EDITOR (its file the last argument) and sends
+    what was saved, re-signed. An editor that exits with an error stops the replay before anything is
+    sent (exit 2); a saved body that is not JSON is named and not sent (exit 2 once the others are).
+
     \b
     Examples:
       montra-hooks replay --type 'subscription.*' --since 2h --to http://127.0.0.1:8000/webhooks
       montra-hooks replay --status dead --app myapp.webhooks:hooks
       montra-hooks replay --id msg_2Bc9XQ --keep-id --to http://127.0.0.1:8000/webhooks
+      EDITOR=nano montra-hooks replay --id msg_2Bc9XQ --edit --to http://127.0.0.1:8000/webhooks
     """
     if (url is None) == (app_spec is None):
         raise click.UsageError(
@@ -106,6 +122,9 @@ def replay(
         raise click.UsageError("--id, --since, --until and --status select stored events; drop them with --fixtures.")
     if in_order and concurrency not in (None, 1):
         raise click.UsageError("--in-order sends one event at a time: drop --concurrency.")
+    if edit and dry_run:
+        raise click.UsageError("--edit sends what you save and --dry-run sends nothing: drop one of them.")
+    editor = _editor() if edit else None
 
     from receiver.stores.open import redact_url
     from receiver.stores.protocol import EventFilter
@@ -144,11 +163,19 @@ def replay(
             events = list(fixture_events(catalogue, fixture_names(fixture_dirs), types=types, limit=limit))
         except FixtureError as e:
             raise click.UsageError(str(e)) from e
-        ok = asyncio.run(run.from_list(events))
+        refused = 0
+        if editor is not None:
+            events, refused = _run_edits(_edit_all(events, editor))
+        ok = asyncio.run(run.from_list(events)) if events or not refused else _unused(target)
     else:
         selection = EventFilter(ids=ids, types=types, status=statuses, since=since, until=until, limit=limit)
-        ok = asyncio.run(run.from_store(open_existing_store(db), selection))
-        if run.summary.total == 0 and not dry_run:
+        refused = 0
+        if editor is not None:
+            edited, refused = _run_edits(_edit_stored(open_existing_store(db), selection, editor))
+            ok = asyncio.run(run.from_list(edited)) if edited else _unused(target)
+        else:
+            ok = asyncio.run(run.from_store(open_existing_store(db), selection))
+        if run.summary.total + refused == 0 and not dry_run:
             # Nothing sent is nothing delivered: exit 1, naming what to loosen (a typo'd --id, say).
             named = describe_filter(selection)
             where = redact_url(db)
@@ -156,8 +183,66 @@ def replay(
                 f"{named} matched no stored event in {where}." if named else f"{where} holds no event.", err=True
             )
             raise SystemExit(1)
+    if refused:
+        raise SystemExit(2)  # each refused save was named as it was refused
     if not ok:
         raise SystemExit(1)
+
+
+class EditFailed(click.ClickException):
+    """`--edit` could not edit: one line, exit 2 (a usage error, with no usage text around it)."""
+
+    exit_code = 2
+
+
+def _editor() -> list[str]:
+    import os
+
+    from ..edit import EditorFailed, editor_command
+
+    try:
+        return editor_command(os.environ)
+    except EditorFailed as e:
+        raise EditFailed(str(e)) from e
+
+
+def _run_edits(edits: Coroutine[Any, Any, tuple[list[Outgoing], int]]) -> tuple[list[Outgoing], int]:
+    from ..edit import EditorFailed
+
+    try:
+        return asyncio.run(edits)
+    except EditorFailed as e:
+        raise EditFailed(str(e)) from e
+
+
+async def _edit_all(events: list[Outgoing], editor: list[str]) -> tuple[list[Outgoing], int]:
+    from ..edit import edit_all
+
+    return await edit_all(events, editor, on_refused=_say_refused)
+
+
+async def _edit_stored(store: Store, selection: EventFilter, editor: list[str]) -> tuple[list[Outgoing], int]:
+    """The selected stored events, each edited; the store is closed before anything is sent."""
+    from ..edit import edit_all
+    from ..sources import snapshot, stored_events
+
+    try:
+        return await edit_all(stored_events(store, await snapshot(store, selection)), editor, on_refused=_say_refused)
+    finally:
+        await store.close()
+
+
+def _unused(target: Target) -> bool:
+    """Close a target nothing was sent to (every edit was refused, or none matched); True: nothing failed."""
+    from ..send import HttpTarget
+
+    if isinstance(target, HttpTarget):
+        asyncio.run(target.aclose())
+    return True
+
+
+def _say_refused(error: Exception) -> None:
+    click.echo(f"Error: {error}", err=True)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import click
 
 from receiver.errors import ConfigurationError
 
+from ..fixtures import USER_DIR
 from .options import (
     allow_remote_option,
     app_option,
@@ -47,7 +48,8 @@ def watch(
 ) -> None:
     """Send a fixture each time you save its file; with --app, reload your handlers when their code changes.
 
-    Save DIR/TYPE.json (or DIR/scenarios/NAME.json) to send its event(s). With --app, saving the
+    Save DIR/TYPE.json (or DIR/scenarios/NAME.json) to send its event(s); DIR defaults to
+    ./montra-fixtures when it exists. With --app, saving the
     handler module runs the last event again on the new code.
 
     \b
@@ -60,8 +62,9 @@ def watch(
         raise click.UsageError("Pass one target: --to URL (a running receiver) or --app MOD:HOOKS (in-process).")
     if not fixture_dirs:
         raise click.UsageError(
-            "Nothing to watch: pass --fixtures DIR (or set MONTRA_HOOKS_FIXTURES), a folder of fixtures you edit; "
-            "copy one there with `montra-hooks fixtures show TYPE > DIR/TYPE.json`."
+            f"Nothing to watch: pass --fixtures DIR (or set MONTRA_HOOKS_FIXTURES, or create ./{USER_DIR}), a folder "
+            "of fixtures you edit; record a stored event there with `montra-hooks fixtures record ID`, or copy one "
+            "with `montra-hooks fixtures show TYPE > DIR/TYPE.json`."
         )
     from ..inprocess import AppTarget
     from ..send import HttpTarget

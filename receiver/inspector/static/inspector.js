@@ -159,7 +159,10 @@
     if (!state || !url) return;
     every(POLL_MS, function (next) {
       getJSON(url, function (data) {
-        if (data.state !== state) window.location.replace(window.location.pathname);
+        // Not while the edit-and-replay form holds unsent changes: a reload would lose them.
+        var edit = document.getElementById("edit-body");
+        var editing = edit && edit.value !== edit.defaultValue;
+        if (data.state !== state && !editing) window.location.replace(window.location.pathname);
         else next();
       }, function () { next(); });
     });

@@ -55,6 +55,7 @@ from ..protocol import (
     iter_pages,
     redact,
     select_events_sql,
+    stored_types_sql,
     type_ranges,
     with_exact_types,
 )
@@ -450,6 +451,12 @@ class PostgresStore:
                 return []
         sql, params = select_events_sql(selection, columns=EVENT_COLUMNS, mark="%s", time=lambda moment: moment)
         return [_event(row) for row in await self._fetch(sql, params)]
+
+    async def event_types(self, patterns: Sequence[str] = ()) -> list[str]:
+        found = {
+            name for sql, params in stored_types_sql(patterns, mark="%s") for (name,) in await self._fetch(sql, params)
+        }
+        return sorted(found)
 
     async def list_rejections(
         self, *, reasons: Sequence[str] = (), since: datetime | None = None, limit: int = 50

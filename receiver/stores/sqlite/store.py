@@ -51,6 +51,7 @@ from ..protocol import (
     parse_iso,
     redact,
     select_events_sql,
+    stored_types_sql,
     type_ranges,
     with_exact_types,
 )
@@ -567,6 +568,12 @@ class SQLiteStore:
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         return await self._read(select_events, selection)
+
+    async def event_types(self, patterns: Sequence[str] = ()) -> list[str]:
+        statements = stored_types_sql(patterns, mark="?")
+        return await self._read(
+            lambda conn: sorted({name for sql, params in statements for (name,) in conn.execute(sql, params)})
+        )
 
     async def list_rejections(
         self, *, reasons: Sequence[str] = (), since: datetime | None = None, limit: int = 50

@@ -21,14 +21,18 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from receiver import Event, Hooks
+from receiver.errors import UnknownEventTypeWarning
 
 HERE = Path(__file__).resolve().parent
 LOG = HERE / "runs.jsonl"
 
+# crash.async and crash.sync are made-up types on purpose: as documented, silence the warning about them.
+warnings.filterwarnings("ignore", category=UnknownEventTypeWarning)
 hooks = Hooks()
 
 
