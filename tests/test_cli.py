@@ -199,7 +199,12 @@ def test_events_show_json(db: Path) -> None:
 
 
 def test_events_show_unknown_id(db: Path) -> None:
-    assert_usage_error(invoke("events", "show", "evt_nope", "--db", str(db)), "No event 'evt_nope'")
+    # Exit 1, as any selection that matches nothing: the id is not stored (usage errors are 2).
+    missing = invoke("events", "show", "evt_nope", "--db", str(db))
+    assert missing.exit_code == 1
+    assert missing.stderr.splitlines() == [
+        f"Error: No event 'evt_nope' in {db}: `montra-hooks events list` shows what is stored."
+    ]
 
 
 def test_prune(db: Path) -> None:

@@ -294,7 +294,7 @@ def test_events_retry_replay_and_prune_work_on_a_postgres_store(
     assert as_json["body"].encode() == bodies["msg_1"]
     assert [(run["handler"], run["status"]) for run in as_json["runs"]] == [("everything", "dead")]
     missing = invoke("events", "show", "msg_nope", "--db", postgres_url)
-    assert missing.exit_code == 2
+    assert missing.exit_code == 1
     assert missing.output.splitlines()[-1] == (
         f"Error: No event 'msg_nope' in {postgres_url}: `montra-hooks events list` shows what is stored."
     )
@@ -373,7 +373,7 @@ def test_the_database_password_stays_out_of_cli_errors(postgres_url: str) -> Non
     url = with_password(postgres_url)
     asyncio.run(open_store(postgres_url).close())  # a store to look in: reading commands never create one
     missing = invoke("events", "show", "msg_nope", "--db", url)
-    assert missing.exit_code == 2
+    assert missing.exit_code == 1
     assert PASSWORD not in missing.output
     assert f"No event 'msg_nope' in {url.replace(f':{PASSWORD}@', '@')}:" in missing.output
 

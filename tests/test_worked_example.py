@@ -7,7 +7,6 @@ plugin loaded from its entry point, as in a merchant's checkout) runs the page's
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -16,12 +15,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from support.db import query
 from support.server import MONTRA_HOOKS, ServerProcess
 from support.wait import wait_until
-
-from receiver import Event, Hooks
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "worked-example.md"
 _TITLED = re.compile(r'^```(?P<lang>\w+) title="(?P<path>[^"]+)"\n(?P<code>.*?)^```\s*$', re.MULTILINE | re.DOTALL)
@@ -32,8 +28,6 @@ COMMANDS = [
     "montra-hooks fixtures record ID --as upgrade-to-business --scrub",
     "pytest tests/test_webhooks.py",
 ]
-# The page's handler uses ordered dispatch: both halves must be there (a signature alone may only accept the keyword).
-_ORDERING = "ordered_by" in inspect.signature(Hooks.on).parameters and hasattr(Event, "superseded")
 
 
 def montra_hooks(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -55,9 +49,6 @@ def test_the_page_names_the_files_and_commands_this_test_runs() -> None:
         assert command in page, command
 
 
-@pytest.mark.skipif(
-    not _ORDERING, reason="the example's handler needs ordered dispatch (ordered_by, Event.superseded), not merged yet"
-)
 def test_the_worked_example_runs_as_written(serve: Callable[..., ServerProcess], tmp_path: Path) -> None:
     for block in _TITLED.finditer(PAGE.read_text()):
         path = tmp_path / block["path"]

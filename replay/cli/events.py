@@ -13,7 +13,7 @@ from receiver.ordering import waiting_text
 from receiver.stores.open import redact_url
 from receiver.stores.protocol import Attempt, EventFilter, Run, Store, StoredEvent, Waiting, iso
 
-from .options import db_option, event_filter_options, json_option, run_on_store
+from .options import db_option, event_filter_options, json_option, no_such_event, run_on_store
 
 __all__ = ["COUNT_CAP", "attempt_json", "attempt_line", "describe_filter", "event_json", "events"]
 
@@ -141,9 +141,7 @@ def events_show(db: str, event_id: str, as_json: bool) -> None:
 
     event, runs, refs, attempts, waiting = run_on_store(db, read)
     if event is None:
-        raise click.UsageError(
-            f"No event {event_id!r} in {redact_url(db)}: `montra-hooks events list` shows what is stored."
-        )
+        no_such_event(event_id, db)
     if as_json:
         shown = {
             **event_json(event),

@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from receiver.stores.open import redact_url
 from receiver.stores.protocol import Store, StoredEvent
 
 from ..fixtures import USER_DIR, Catalogue
 from ..paths import FixtureError
-from .options import db_option, fixtures_option, open_catalogue, run_on_store
+from .options import db_option, fixtures_option, no_such_event, open_catalogue, run_on_store
 
 if TYPE_CHECKING:
     from ..scrub import Scrubbed
@@ -143,11 +142,7 @@ def fixtures_record(event_id: str, name: str | None, folder: Path | None, scrub:
 
     event = run_on_store(db, read)
     if event is None:
-        click.echo(
-            f"Error: No event {event_id!r} in {redact_url(db)}: `montra-hooks events list` shows what is stored.",
-            err=True,
-        )
-        raise SystemExit(1)
+        no_such_event(event_id, db)
     folder = _record_dir() if folder is None else folder
     try:
         fixture = fixture_from_body(event.body, event.id)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
 import click
 
@@ -24,7 +24,7 @@ from receiver.dev_secret import DEV_SECRET_FILE
 from receiver.errors import ConfigurationError, MontraHooksError
 from receiver.event import EventStatus
 from receiver.hooks import Hooks, import_hooks, validate_pattern
-from receiver.stores.open import DEFAULT_DB, is_postgres_url, open_store
+from receiver.stores.open import DEFAULT_DB, is_postgres_url, open_store, redact_url
 from receiver.stores.protocol import Store
 from receiver.stores.sqlite.store import check_store_file
 
@@ -45,6 +45,7 @@ __all__ = [
     "fixtures_option",
     "json_option",
     "load_hooks",
+    "no_such_event",
     "open_catalogue",
     "open_existing_store",
     "run_on_store",
@@ -238,6 +239,13 @@ def run_on_store(db: str, work: Callable[[Store], Awaitable[T]], *, write: bool 
         return asyncio.run(main())
     except MontraHooksError as e:  # a locked or unreadable store: one line that says so, exit 2
         raise click.UsageError(f"{e} Check --db, or try again when the store is free.") from e
+
+
+def no_such_event(event_id: str, db: str) -> NoReturn:
+    """Stop with exit 1, as any selection that matches nothing does, naming the id and the store."""
+    listing = "`montra-hooks events list` shows what is stored."
+    click.echo(f"Error: No event {event_id!r} in {redact_url(db)}: {listing}", err=True)
+    raise SystemExit(1)
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------
