@@ -29,7 +29,7 @@ from ..stores.protocol import EventFilter, StoredEvent
 if TYPE_CHECKING:
     from ..app import MontraApp
 
-__all__ = ["ACTIONS", "BULK_MAX", "Action", "Plan", "TooMany", "plan", "replay", "rerun", "targets"]
+__all__ = ["ACCEPTED", "ACTIONS", "BULK_MAX", "Action", "Plan", "TooMany", "plan", "replay", "rerun", "targets"]
 
 BULK_MAX = 1000
 """A bulk action touches at most this many events."""
@@ -37,6 +37,8 @@ Action = Literal["rerun", "replay"]
 ACTIONS: tuple[Action, ...] = ("rerun", "replay")
 RERUNNABLE = ("failed", "dead")
 """An event has a failed or dead run exactly when its status is one of these (DESIGN: status from runs)."""
+ACCEPTED = frozenset({"stored", "duplicate", "handler_failed"})
+"""Answers of a replay that stored it (`handler_failed`: stored, and a handler run inline failed)."""
 _PAGE = 50  # events read (bodies included) and sent at a time: memory stays small whatever their size
 _CONCURRENCY = 8
 

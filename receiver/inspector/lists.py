@@ -88,6 +88,8 @@ class ListPages:
             query = ListQuery.parse(params)
             before = whole_number("before", params.get("before", "").strip())
             newer = whole_number("newer", params.get("newer", "").strip())
+            for name in ("after", "limit"):  # the polling endpoint's: a page ignores them, but never a bad one
+                whole_number(name, params.get(name, "").strip())
             notice = _notice(params)
         except BadFilter as e:
             context = self._list_context(request, raw, error=str(e), error_parameter=e.parameter)
@@ -220,7 +222,7 @@ class ListPages:
                 done = {"requeued": runs, "events": events}
             else:
                 answers = await bulk.replay(self.app, query.selection, max_seq=max_seq)
-                refused = sum(n for answer, n in answers.items() if answer not in ("stored", "duplicate"))
+                refused = sum(n for answer, n in answers.items() if answer not in bulk.ACCEPTED)
                 done = {"replayed": sum(answers.values()), "refused": refused}
         except bulk.TooMany:
             message = (
@@ -237,7 +239,13 @@ class ListPages:
     async def rejections_page(self, request: Request) -> Response:
         reason = request.query_params.get("reason", "").strip()
         if reason and not set(reason) <= _REASON_CHARS:
-            context = {"rejections": [], "reason": "", "error": _reason_error(reason), "shown": REJECTIONS_SHOWN}
+            context = {
+                "rejections": [],
+                "reason": "",
+                "error": _reason_error(reason),
+                "shown": REJECTIONS_SHOWN,
+                "kept": "",
+            }
             return self.inspector._render(request, "rejections.html", context, status_code=400)
         rows = await self.app.store.list_rejections(reasons=[reason] if reason else (), limit=REJECTIONS_SHOWN)
         context = {
