@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 from support.db import query
+from support.postgres import pg_query
 from support.signing import signed_post
 from support.wait import wait_until
 
@@ -550,3 +551,47 @@ def test_a_missing_rejection_is_a_404_page(refused: Setup) -> None:
     assert "No rejection <code>99</code> is kept here" in page.text
     bad = refused.client.get("/inspect/rejections?reason=Bad!")
     assert bad.status_code == 400 and 'data-parameter="reason"' in bad.text
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+def test_filters_counts_bulk_and_rejections_on_postgres(postgres_url: str) -> None:
+    outage = Outage()
+    app = create_app(
+        make_hooks(outage), db=postgres_url, secrets=[SECRET], inspect_token=TOKEN, dispatch="inline", backoff=3600
+    )
+    with TestClient(app, base_url=LOCAL, headers={"authorization": f"Bearer {TOKEN}"}) as client:
+        assert deliver(client, "customer.created", "msg_c1", id="cus_A") == 200
+        assert deliver(client, "payment.failed", "msg_p1", id="pay_1", customer_id="cus_A") == 500
+        assert deliver(client, "payment.failed", "msg_p2", id="pay_2", customer_id="cus_B") == 500
+        bad = sign(b'{"type": "x.y"}', secret="whsec_" + "A" * 32, msg_id="msg_wrong")
+        assert client.post("/webhooks", content=b'{"type": "x.y"}', headers=bad).status_code == 401
+
+        assert shown(client.get("/inspect?ref=cus_A&since=1h").text) == ["msg_p1", "msg_c1"]
+        assert shown(client.get("/inspect?handler=billing.charge&until=2099-01-01").text) == ["msg_p2", "msg_p1"]
+        assert client.get("/inspect/api/counts?since=1h").json()["counts"] == {
+            "all": 3, "dead": 0, "failed": 2, "pending": 0, "handled": 1, "unhandled": 0
+        }  # fmt: skip
+
+        question, form = confirm(Setup(client, app, outage, Path()), "/inspect/bulk/rerun?ref=cus_B")
+        assert (question, form) == ("Re-run 1 event's failed runs?", {"ref": "cus_B", "max_seq": "3"})
+        outage.billing_down = False
+        response = client.post("/inspect/bulk/rerun", data=form, headers=ORIGIN, follow_redirects=False)
+        assert response.headers["location"] == "/inspect?ref=cus_B&requeued=1&events=1"
+        response = client.post("/inspect/bulk/replay", data={"id": "msg_p1", "max_seq": "3"}, headers=ORIGIN)
+        assert response.status_code == 200  # the redirect, followed
+
+        wait_until(
+            lambda: pg_query(postgres_url, "SELECT count(*) FROM rejections") == [(1,)], timeout=10, what="the refusal"
+        )
+        page = client.get("/inspect/rejections").text
+        assert "not signed with the one configured secret (1 signature given)" in page
+    events = "SELECT id, status, headers->>'montra-replay-of' FROM events ORDER BY seq"
+    rows = [(re.sub(r"_r[0-9a-f]{8}$", "_r*", i), s, of) for i, s, of in pg_query(postgres_url, events)]
+    assert rows == [
+        ("msg_c1", "handled", None),
+        ("msg_p1", "failed", None),
+        ("msg_p2", "handled", None),
+        ("msg_p1_r*", "handled", "msg_p1"),
+    ]
