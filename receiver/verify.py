@@ -93,7 +93,7 @@ class Verifier:
     >>> verifier.verify(body, request.headers)  # raises VerificationError, or returns None
     """
 
-    __slots__ = ("_ed25519", "_hmac", "_signing", "_tolerance")
+    __slots__ = ("_ed25519", "_hmac", "_tolerance")
 
     def __init__(self, secrets: Sequence[str] | str, *, tolerance: int = 300) -> None:
         # A generator would be consumed by a check for emptiness, so take a copy first.
@@ -104,11 +104,8 @@ class Verifier:
             raise ConfigurationError(f"tolerance must be a whole number of seconds >= 0, not {tolerance!r}")
         hmac_keys: list[hmac.HMAC] = []
         ed25519: list[Ed25519PublicKey] = []
-        signing: str | None = None
         for n, secret in enumerate(secrets, 1):
             key = _parse_key(secret, what=f"secret #{n}")
-            if signing is None and not isinstance(key, Ed25519PublicKey):
-                signing = secret
             if isinstance(key, bytes):
                 # Keyed once here: copying this state per request skips hashing the padded key each time.
                 hmac_keys.append(hmac.new(key, digestmod="sha256"))
@@ -117,7 +114,6 @@ class Verifier:
         self._hmac = tuple(hmac_keys)
         self._ed25519 = tuple(ed25519)
         self._tolerance = tolerance
-        self._signing = signing
 
     @property
     def key_count(self) -> int:
@@ -127,18 +123,6 @@ class Verifier:
     @property
     def tolerance(self) -> int:
         return self._tolerance
-
-    def sign(self, body: bytes, *, msg_id: str) -> dict[str, str]:
-        """The headers that sign `body` as `msg_id` with the first configured secret that can sign, now.
-
-        For a receiver that sends an event to itself (the inspector's replay): what it signs, it accepts.
-        """
-        if self._signing is None:
-            raise ConfigurationError(
-                "only whpk_ public keys are configured: they verify but cannot sign; configure the whsk_ key "
-                "or a whsec_ secret as well to replay events into this receiver"
-            )
-        return sign(body, secret=self._signing, msg_id=msg_id)
 
     def __repr__(self) -> str:
         # Counts only: key material must never reach a log line or a traceback.

@@ -397,7 +397,7 @@ def test_replay_needs_a_secret_that_can_sign(tmp_path: Path) -> None:
         assert client.post("/webhooks", content=body, headers=headers).status_code == 200
         response = client.post("/inspect/bulk/replay", data={"max_seq": "1"}, headers=ORIGIN)
     assert (response.status_code, response.json()["error"]) == (409, "cannot_sign")
-    assert "only whpk_ public keys are configured" in response.json()["message"]
+    assert "This receiver has only whpk_ public keys" in response.json()["message"]
     assert query(tmp_path / "events.db", "SELECT id FROM events") == [("msg_1",)]
 
 

@@ -8,28 +8,38 @@ the CLI (`montra-hooks retry`, `montra-hooks replay`), which stream any number.
 
 A re-run re-queues runs as `montra-hooks retry` does (`MontraApp.rerun_events`). A replay re-sends each
 body to this receiver, re-signed under a new id `{original}_r{8 hex}` with `montra-replay-of`, as
-`montra-hooks replay` does: through the app itself (its verification, store and dispatch), not the network.
+`montra-hooks replay` does: through the app itself (`MontraApp.replay`: its verification, store and dispatch),
+not the network.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import httpx
-
-from ..replays import REPLAY_OF_HEADER, original_id, replay_id
+from ..replays import original_id
 from ..stores.protocol import EventFilter, StoredEvent
 
 if TYPE_CHECKING:
     from ..app import MontraApp
 
-__all__ = ["ACCEPTED", "ACTIONS", "BULK_MAX", "Action", "Plan", "TooMany", "plan", "replay", "rerun", "targets"]
+__all__ = [
+    "ACCEPTED",
+    "ACTIONS",
+    "BULK_MAX",
+    "Action",
+    "CannotSign",
+    "Plan",
+    "TooMany",
+    "plan",
+    "replay",
+    "rerun",
+    "targets",
+]
 
 BULK_MAX = 1000
 """A bulk action touches at most this many events."""
@@ -96,42 +106,38 @@ async def rerun(app: MontraApp, selection: EventFilter, *, max_seq: int) -> tupl
 
 
 async def replay(app: MontraApp, selection: EventFilter, *, max_seq: int) -> Counter[str]:
-    """Re-send the selected events to this receiver under new ids; the answers counted by status or error code."""
+    """Re-send the selected events to this receiver under new ids; the answers counted by status or error code.
+
+    `CannotSign` when the receiver has no secret to sign with (only `whpk_` public keys).
+    """
     chosen = targets("replay", selection, max_seq=max_seq)
     assert chosen is not None
     await _check_size(app, chosen)
     answers: Counter[str] = Counter()
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        page: list[StoredEvent] = []
-        async for event in app.store.iter_events(chosen, page=_PAGE):
-            page.append(event)
-            if len(page) == _PAGE:
-                answers.update(await _send_all(app, client, page))
-                page = []
-        answers.update(await _send_all(app, client, page))
+    page: list[StoredEvent] = []
+    async for event in app.store.iter_events(chosen, page=_PAGE):
+        page.append(event)
+        if len(page) == _PAGE:
+            answers.update(await _send_all(app, page))
+            page = []
+    answers.update(await _send_all(app, page))
     return answers
 
 
-async def _send_all(app: MontraApp, client: httpx.AsyncClient, events: Sequence[StoredEvent]) -> list[str]:
+class CannotSign(Exception):
+    """The receiver cannot sign a replay: the message says what to configure."""
+
+
+async def _send_all(app: MontraApp, events: Sequence[StoredEvent]) -> list[str]:
     gate = asyncio.Semaphore(_CONCURRENCY)
 
     async def one(event: StoredEvent) -> str:
         async with gate:
-            return await _send(app, client, event)
+            # In-process, through the webhook path's own checks and store (MontraApp.replay).
+            status, answer = await app.replay(event.body, original=original_id(event.id, event.headers))
+        code = str(answer.get("status") or answer.get("error") or f"HTTP {status}")
+        if code == "cannot_sign":
+            raise CannotSign(str(answer.get("message")))
+        return code
 
     return list(await asyncio.gather(*(one(event) for event in events)))
-
-
-async def _send(app: MontraApp, client: httpx.AsyncClient, event: StoredEvent) -> str:
-    original = original_id(event.id, event.headers)
-    headers = {"content-type": "application/json", **app.verifier.sign(event.body, msg_id=replay_id(original))}
-    headers[REPLAY_OF_HEADER] = original
-    response = await client.post(app.path, content=event.body, headers=headers)
-    try:
-        answer = json.loads(response.content)
-    except ValueError:
-        return f"HTTP {response.status_code}"
-    if not isinstance(answer, dict):
-        return f"HTTP {response.status_code}"
-    return str(answer.get("status") or answer.get("error") or f"HTTP {response.status_code}")

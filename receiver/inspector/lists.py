@@ -21,7 +21,6 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..command import command_name
-from ..errors import ConfigurationError
 from ..rejections import explain
 from ..stores.protocol import MAX_REJECTIONS, REDACTED, Rejection, iso
 from . import bulk
@@ -230,8 +229,8 @@ class ListPages:
                 "confirm again, or use the command line, which takes any number."
             )
             return JSONResponse({"error": "too_many_events", "message": message}, status_code=400)
-        except ConfigurationError as e:
-            return JSONResponse({"error": "cannot_sign", "message": f"Nothing was replayed: {e}."}, status_code=409)
+        except bulk.CannotSign as e:
+            return JSONResponse({"error": "cannot_sign", "message": f"Nothing was replayed. {e}"}, status_code=409)
         return RedirectResponse(f"{_base(request)}?{query.query(**done)}", 303)
 
     # -- rejections --------------------------------------------------------------------------
