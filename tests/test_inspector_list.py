@@ -27,6 +27,7 @@ from support.wait import wait_until
 from receiver import Event, Hooks, NoRetry, create_app, sign
 from receiver.app import MontraApp
 from receiver.event import resource_refs
+from receiver.inspector.listing import id_parts, short_time
 from receiver.stores.protocol import Incoming, iso
 from receiver.stores.sqlite.store import SQLiteStore
 from receiver.verify import generate_signing_key
@@ -366,7 +367,7 @@ def test_bulk_replay_sends_each_event_again_under_a_new_id(setup: Setup) -> None
     assert [body for *_, body, _ in replays] == [originals["msg_p1"][4], originals["msg_p2"][4]]  # the exact bytes
     assert query(setup.db, "SELECT status FROM events WHERE id IN ('msg_p1', 'msg_p2')") == [("failed",), ("failed",)]
     page = setup.client.get(response.headers["location"]).text
-    assert notice(page) == "Replayed 2 event(s) under new ids: they are at the top of the list."
+    assert notice(page) == "Replayed 2 event(s) under new ids: they are the newest events."
     assert [re.sub(r"_r[0-9a-f]{8}$", "_r*", i) for i in shown(page)] == ["msg_p2_r*", "msg_p1_r*", "msg_p2", "msg_p1"]
     # The row shows the end of a replay's id (its suffix) whole, and names the original on hover.
     replay_id = replays[0][1]
@@ -599,3 +600,33 @@ def test_filters_counts_bulk_and_rejections_on_postgres(postgres_url: str) -> No
         ("msg_p2", "handled", None),
         ("msg_p1_r*", "handled", "msg_p1"),
     ]
+
+
+# -- how a row reads ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("moment", "shown_as"),
+    [
+        (datetime(2026, 12, 4, 12, 4, 5, 999, tzinfo=UTC), "12:04:05"),
+        (datetime(2026, 12, 3, 23, 59, 59, tzinfo=UTC), "Dec 3 23:59"),
+        (datetime(2026, 1, 9, 7, 0, tzinfo=UTC), "Jan 9 07:00"),
+        (datetime(2025, 12, 4, 12, 0, tzinfo=UTC), "Dec 4 2025"),
+    ],
+)
+def test_times_are_short(moment: datetime, shown_as: str) -> None:
+    assert short_time(moment, now=datetime(2026, 12, 4, 18, 0, tzinfo=UTC)) == shown_as
+
+
+@pytest.mark.parametrize(
+    ("event_id", "parts"),
+    [
+        ("msg_1", ("msg_1", "")),
+        ("evt_2Bc9XQ01K7mZ4pT8wQ3aHk2", ("evt_2Bc9XQ01K7mZ4pT8wQ3aHk2", "")),  # 27 characters: whole
+        ("evt_2Bc9XQ01K7mZ4pT8wQ3aHk29dL", ("evt_2Bc9XQ01K7mZ4pT8wQ3a", "Hk29dL")),  # longer: its end kept in view
+        ("msg_2Bc9XQ01_r1a2b3c4d", ("msg_2Bc9XQ01", "_r1a2b3c4d")),  # a replay: its suffix kept in view
+        ("msg_2Bc9XQ01_rNOTHEX00", ("msg_2Bc9XQ01_rNOTHEX00", "")),
+    ],
+)
+def test_an_id_keeps_its_end_in_view(event_id: str, parts: tuple[str, str]) -> None:
+    assert id_parts(event_id) == parts

@@ -197,7 +197,7 @@ def test_bulk_replay_from_the_browser(
     browser.find_element(By.ID, "bulk-submit").click()
     wait(browser, lambda d: d.find_elements(By.ID, "notice"))
     assert browser.find_element(By.ID, "notice").text == (
-        "Replayed 2 event(s) under new ids: they are at the top of the list."
+        "Replayed 2 event(s) under new ids: they are the newest events."
     )
     shown = [re.sub(r"_r[0-9a-f]{8}$", "_r*", i) for i in listed_ids(browser)]
     assert shown == ["msg_cus_2_r*", "msg_cus_1_r*", "msg_cus_2", "msg_cus_1"]

@@ -35,8 +35,11 @@ __all__ = [
     "ListQuery",
     "Page",
     "count_by_status",
+    "id_parts",
     "read_page",
+    "row_view",
     "short_time",
+    "shown_count",
     "whole_number",
 ]
 

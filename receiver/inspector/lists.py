@@ -326,7 +326,7 @@ def _notice(params: Any) -> str | None:
     if numbers["replayed"] is not None:
         refused = numbers["refused"] or 0
         refusals = f"; {refused:,} refused (see Rejections)" if refused else ""
-        return f"Replayed {numbers['replayed']:,} event(s) under new ids{refusals}: they are at the top of the list."
+        return f"Replayed {numbers['replayed']:,} event(s) under new ids{refusals}: they are the newest events."
     return None
 
 
