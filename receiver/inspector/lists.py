@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import shlex
@@ -27,6 +28,7 @@ from . import bulk
 from .listing import (
     COUNT_CAP,
     EVENT_STATUSES,
+    FILTERS,
     PAGE_SIZE,
     BadFilter,
     ListQuery,
@@ -81,8 +83,7 @@ class ListPages:
 
     async def list_page(self, request: Request) -> Response:
         params = request.query_params
-        raw = {name: params.get(name, "").strip() for name in ("type", "status", "handler", "ref", "since", "until")}
-        raw["id"] = params.get("id", "").strip()
+        raw = {name: params.get(name, "").strip() for name in FILTERS}  # shown back as typed when one is bad
         try:
             query = ListQuery.parse(params)
             before = whole_number("before", params.get("before", "").strip())
@@ -93,8 +94,11 @@ class ListPages:
         except BadFilter as e:
             context = self._list_context(request, raw, error=str(e), error_parameter=e.parameter)
             return self.inspector._render(request, "list.html", context, status_code=400)
-        page = await read_page(self.app.store, query.selection, before=before, newer=newer)
-        counts = await count_by_status(self.app.store, query.selection)
+        # Both read on the store's own threads (or connections), at once.
+        page, counts = await asyncio.gather(
+            read_page(self.app.store, query.selection, before=before, newer=newer),
+            count_by_status(self.app.store, query.selection),
+        )
         live = before is None and newer is None
         context = self._list_context(
             request,
