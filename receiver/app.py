@@ -389,10 +389,15 @@ class MontraApp:
 
     async def rerun(self, event_id: str, *, handler: str | None = None) -> int:
         """Re-queue an event's failed and dead runs (one handler's, or all) and run them now; return how many."""
-        count = await self.store.requeue(ids=[event_id], handler=handler)
+        return await self.rerun_events([event_id], handler=handler)
+
+    async def rerun_events(self, event_ids: Sequence[str], *, handler: str | None = None) -> int:
+        """`rerun` for several events in one write (the inspector's bulk re-run); return how many runs."""
+        count = await self.store.requeue(ids=event_ids, handler=handler) if event_ids else 0
         if count and self._dispatcher is not None:
             if self.inline:
-                await self._dispatcher.run_inline(event_id)
+                for event_id in event_ids:
+                    await self._dispatcher.run_inline(event_id)
             else:
                 self._dispatcher.wake()
         return count

@@ -1,7 +1,7 @@
 """The inspector: pages to look at stored events and their handler runs, and to re-run handlers.
 
-`GET /inspect` lists events newest first, filtered by type pattern, status and id, and polls
-`/inspect/api/events` so new events appear without a reload. `GET /inspect/events/{id}` shows
+`GET /inspect` lists events newest first, with filters, counts, pages and bulk actions, and the
+rejected requests (`lists`, `listing`, `bulk`). `GET /inspect/events/{id}` shows
 one event: its body pretty-printed, its headers, each handler run with its error and
 traceback and every try (`timeline`), the resources it names, its `previous_attributes` as a
 change (`changes`), re-run, replay and edit-and-replay (sent in-process through the webhook path:
@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
@@ -31,13 +31,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.templating import Jinja2Templates
 
 from ..command import command_name
-from ..errors import ConfigurationError
-from ..event import EventStatus
-from ..hooks import validate_pattern
 from ..ordering import waiting_text
 from ..replays import original_id
 from ..stores.open import DEFAULT_DB
-from ..stores.protocol import REDACTED, EventFilter, Run, StoredEvent, iso
+from ..stores.protocol import REDACTED, Run, StoredEvent, iso
 from .access import InspectorAccess, Refusal, is_loopback_host
 from .body import body_view, highlight_json
 from .changes import changes
@@ -45,12 +42,10 @@ from .timeline import MAX_RESOURCE_PAGE, RESOURCE_PAGE_SIZE, attempt_rows, read_
 
 if TYPE_CHECKING:
     from ..app import MontraApp
+    from .lists import ListPages
 
-__all__ = ["EVENT_STATUSES", "PAGE_SIZE", "Inspector", "highlight_json"]
+__all__ = ["Inspector", "highlight_json"]
 
-PAGE_SIZE = 100
-"""Events per list page."""
-EVENT_STATUSES: tuple[str, ...] = get_args(EventStatus)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Kind = Literal["page", "api", "action", "login", "static"]
@@ -96,6 +91,9 @@ class Inspector:
         self.templates = Jinja2Templates(env=env)
         static = resources.files("receiver.inspector").joinpath("static")
         self._static = {name: static.joinpath(name).read_bytes() for name in _STATIC}
+        from .lists import ListPages  # here, not above: lists builds on this module's helpers
+
+        self.lists: ListPages = ListPages(self)
 
     @property
     def login_path(self) -> str:
@@ -105,10 +103,8 @@ class Inspector:
     def routes(self) -> list[BaseRoute]:
         guard = self._guard
         return [
-            Route("/inspect", guard(self.list_page, "page"), methods=["GET"]),
             Route("/inspect/login", guard(self.login, "login"), methods=["GET", "POST"]),
             Route("/inspect/logout", guard(self.logout, "action"), methods=["POST"]),
-            Route("/inspect/api/events", guard(self.api_events, "api"), methods=["GET"]),
             Route("/inspect/api/events/{event_id:path}", guard(self.api_event, "api"), methods=["GET"]),
             Route("/inspect/static/{name}", guard(self.static, "static"), methods=["GET"]),
             Route("/inspect/events/{event_id:path}/rerun", guard(self.rerun, "action"), methods=["POST"]),
@@ -116,6 +112,8 @@ class Inspector:
             Route("/inspect/events/{event_id:path}/replay", guard(self.replay, "action"), methods=["POST"]),
             Route("/inspect/resources/{ref:path}", guard(self.resource_page, "page"), methods=["GET"]),
             Route("/inspect/events/{event_id:path}", guard(self.event_page, "page"), methods=["GET"]),
+            # The event list, its bulk actions and the rejections (ListPages, in lists.py).
+            *self.lists.routes(guard),
         ]
 
     def _guard(self, endpoint: Endpoint, kind: Kind) -> Endpoint:
@@ -142,26 +140,6 @@ class Inspector:
         return guarded
 
     # -- pages -----------------------------------------------------------------------------
-
-    async def list_page(self, request: Request) -> Response:
-        selection, filters, error = _list_filter(request)
-        events = [] if error else await self.app.store.list_events(selection)
-        older = events[-1].seq if len(events) == PAGE_SIZE else None
-        context = {
-            "events": [_event_row(request, e) for e in events],
-            "filters": filters,
-            "statuses": EVENT_STATUSES,
-            "error": error,
-            "older": older,
-            "live": not error and not filters["before"],
-            "api_query": urlencode({k: v for k, v in filters.items() if v and k not in ("before", "after")}),
-            "after": (events[-1].seq - 1) if events else 0,
-            "page_size": PAGE_SIZE,
-            "trigger_command": shlex.join(
-                [command_name(), "trigger", "customer.created", "--to", _webhook_url(request, self.app.path)]
-            ),
-        }
-        return self._render(request, "list.html", context, status_code=400 if error else 200)
 
     async def event_page(self, request: Request) -> Response:
         event_id = request.path_params["event_id"]
@@ -327,13 +305,6 @@ class Inspector:
 
     # -- JSON for the pages' polling -------------------------------------------------------
 
-    async def api_events(self, request: Request) -> Response:
-        selection, _, error = _list_filter(request)
-        if error:
-            return JSONResponse({"error": "bad_filter", "message": error}, status_code=400)
-        events = await self.app.store.list_events(selection)
-        return JSONResponse({"events": [_event_row(request, e) for e in events]})
-
     async def api_event(self, request: Request) -> Response:
         event_id = request.path_params["event_id"]
         event = await self.app.store.get_event(event_id)
@@ -393,36 +364,6 @@ class Inspector:
         if not is_loopback_host(request.headers.get("host", "")):
             parts.append("--allow-remote")
         return shlex.join(parts)
-
-
-def _list_filter(request: Request) -> tuple[EventFilter, dict[str, str], str | None]:
-    params = request.query_params
-    filters = {name: params.get(name, "").strip() for name in ("type", "status", "id", "before", "after")}
-    error = None
-    if filters["type"]:
-        try:
-            validate_pattern(filters["type"])
-        except ConfigurationError as e:
-            error = str(e)
-    if filters["status"] and filters["status"] not in EVENT_STATUSES:
-        error = f"Unknown status {filters['status']!r}: use one of {', '.join(EVENT_STATUSES)}."
-    numbers: dict[str, int | None] = {}
-    for name, text in (*((n, filters[n]) for n in ("before", "after")), ("limit", params.get("limit", "").strip())):
-        try:
-            numbers[name] = _whole_number(name, text)
-        except _BadQuery as e:
-            error = str(e)
-    before, after, limit = numbers.get("before"), numbers.get("after"), numbers.get("limit")
-    selection = EventFilter(
-        ids=[filters["id"]] if filters["id"] else (),
-        types=[filters["type"]] if filters["type"] else (),
-        status=[filters["status"]] if filters["status"] else (),
-        after_seq=after if not error else None,
-        max_seq=before - 1 if before is not None and not error else None,
-        limit=min(max(limit, 1), 500) if limit is not None else PAGE_SIZE,
-        newest_first=True,
-    )
-    return selection, filters, error
 
 
 def _whole_number(name: str, text: str) -> int | None:

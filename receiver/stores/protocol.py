@@ -469,7 +469,14 @@ def select_events_sql(
     if selection.status:
         where.append(f"status IN ({marks(selection.status)})")
     if selection.ref is not None:
-        where.append(f"seq IN (SELECT seq FROM event_refs WHERE ref = {marks([selection.ref])})")
+        # The page's seq bounds inside too: PostgreSQL does not carry `events.seq <= x` into the subquery, and
+        # walks the event_refs_seq index down from x for the resource instead of the (ref, kind, seq) key.
+        ref = f"seq IN (SELECT seq FROM event_refs WHERE ref = {marks([selection.ref])}"
+        if selection.after_seq is not None:
+            ref += f" AND seq > {marks([selection.after_seq])}"
+        if selection.max_seq is not None:
+            ref += f" AND seq <= {marks([selection.max_seq])}"
+        where.append(ref + ")")
     if selection.handler is not None:
         where.append(f"id IN (SELECT event_id FROM handler_runs WHERE handler = {marks([selection.handler])})")
     for column, op, value in (

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
@@ -27,6 +25,7 @@ from receiver.hooks import Hooks, import_hooks, validate_pattern
 from receiver.stores.open import DEFAULT_DB, is_postgres_url, open_store, redact_url
 from receiver.stores.protocol import Store
 from receiver.stores.sqlite.store import check_store_file
+from receiver.times import parse_duration, parse_when
 
 from ..fixtures import USER_DIR, Catalogue, default_user_dirs
 from ..paths import FixtureError, parse_assignment
@@ -67,11 +66,6 @@ if TYPE_CHECKING:  # click's ParamType is generic for the type checker; subscrip
 else:
     _FloatType = _TimeType = _TextType = _PairType = click.ParamType
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_MAX_DURATION = 100 * 365 * 86400
-"""Longer ago than this is before any webhook was sent (and past what a datetime holds, for huge numbers)."""
-
 
 def _fail(message: str, param: click.Parameter | None, ctx: click.Context | None) -> click.BadParameter:
     """A BadParameter naming the option as it is typed (`--since`), as every other message here does."""
@@ -87,13 +81,10 @@ class Duration(_FloatType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
             return value
-        match = _DURATION.match(str(value).strip())
-        if not match:
-            raise _fail(f"{value!r} is not a duration: use a number and a unit, e.g. 30d, 12h, 15m.", param, ctx)
-        seconds = float(match.group(1)) * _SECONDS[match.group(2)]
-        if seconds > _MAX_DURATION:
-            raise _fail(f"{value!r} is longer than 100 years: use e.g. 30d, 52w.", param, ctx)
-        return seconds
+        try:
+            return parse_duration(str(value))
+        except ValueError as e:
+            raise _fail(str(e), param, ctx) from None
 
 
 class When(_TimeType):
@@ -104,18 +95,10 @@ class When(_TimeType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
         if isinstance(value, datetime):
             return value
-        text = str(value).strip()
-        if _DURATION.match(text):
-            return datetime.fromtimestamp(time.time() - DURATION.convert(text, param, ctx), UTC)
         try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise _fail(
-                f"{value!r} is neither a time nor a duration: use e.g. 2026-11-25T17:00:00Z, 2026-11-25 or 2h.",
-                param,
-                ctx,
-            ) from None
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+            return parse_when(str(value))
+        except ValueError as e:
+            raise _fail(str(e), param, ctx) from None
 
 
 class Pattern(_TextType):

@@ -126,13 +126,15 @@
   }
 
   function buildRow(e) {
+    // The same cells as list.html renders: one line, long values cut, the whole value in `title`.
     var row = document.createElement("tr");
     row.className = "new";
     row.setAttribute("data-seq", String(e.seq));
     cell(row, "num mono", String(e.seq));
-    var when = cell(row, "");
+    var when = cell(row, "when");
     var time = document.createElement("time");
     time.setAttribute("datetime", e.received_at);
+    time.title = e.received_at;
     time.textContent = e.received;
     var since = document.createElement("span");
     since.className = "ago muted";
@@ -140,11 +142,34 @@
     when.appendChild(time);
     when.appendChild(document.createTextNode(" "));
     when.appendChild(since);
-    cell(row, "type", e.type);
+    cell(row, "type", e.type).title = e.type;
+    var box = document.createElement("div");
+    box.className = "id-cell";
     var link = document.createElement("a");
     link.href = e.url;
-    link.textContent = e.id;
-    cell(row, "mono").appendChild(link);
+    link.id = "id-" + e.seq;
+    link.title = e.id + (e.replay_of ? " (replay of " + e.replay_of + ")" : "");
+    if (e.id_tail) {
+      var head = document.createElement("span");
+      head.className = "id-head";
+      head.textContent = e.id_head;
+      var tail = document.createElement("span");
+      tail.className = "id-tail";
+      tail.textContent = e.id_tail;
+      link.appendChild(head);
+      link.appendChild(tail);
+    } else {
+      link.textContent = e.id;
+    }
+    var copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.setAttribute("data-copy", link.id);
+    copy.title = "Copy the id";
+    copy.textContent = "Copy";
+    box.appendChild(link);
+    box.appendChild(copy);
+    cell(row, "mono id").appendChild(box);
     var badge = document.createElement("span");
     badge.className = "badge status-" + e.status;
     badge.textContent = e.status;
