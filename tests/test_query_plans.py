@@ -14,6 +14,10 @@ Allowed, and why:
   stops at the limit, and reads far only when the window holds fewer than `limit` events (`SEQ_WALK`).
 - A capped count with no filter (the inspector's "all" with no filter) reads any index's first `cap`
   entries and stops: nothing is filtered out, so it reads exactly `cap` rows (`CAPPED_COUNT`).
+- A handler filter on a handler with COMMON_HANDLER_RUNS runs or more walks `events` in the page's order and
+  probes each event's run by the (event_id, handler) key, stopping at the limit (`HANDLER_WALK`): the handler
+  is on at least one event in (stored events / COMMON_HANDLER_RUNS), so a page reads at most that many times
+  `limit`. A rarer handler's runs are read first through the handler index: no walk.
 
 On PostgreSQL the check runs with `enable_seqscan = off`: on tables this small the planner may rightly
 prefer a sequential scan, and what is asserted is that an index can bound the statement, not the
@@ -60,6 +64,11 @@ SEQ_WALK = re.compile(r"^SELECT seq, id, .* FROM events( WHERE (received_at [<>]
 """A listing that walks `events` in seq order and stops at its limit (see the module docstring)."""
 CAPPED_COUNT = re.compile(r"^SELECT count\(\*\) FROM \(SELECT 1 FROM events LIMIT \S+\) AS matching$")
 """A count of every event that stops at its cap (see the module docstring)."""
+HANDLER_WALK = re.compile(
+    r"^SELECT .* FROM events WHERE EXISTS \(SELECT 1 FROM handler_runs r WHERE r\.event_id = events\.id "
+    r"AND r\.handler = \S+\)( ORDER BY seq( DESC)?)? LIMIT \S+(\) AS matching)?$"
+)
+"""A common handler's events, walked in order and probed by the runs' key (see the module docstring)."""
 
 
 def rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -273,6 +282,9 @@ def sqlite_scans(conn: sqlite3.Connection, statement: str) -> list[str]:
     if scans and SEQ_WALK.match(statement) and plan == ["SCAN events"]:
         return []
     if CAPPED_COUNT.match(statement) and all(step.startswith("SCAN events USING COVERING INDEX") for step in scans):
+        return []
+    probe = "SEARCH r USING COVERING INDEX sqlite_autoindex_handler_runs_1 (event_id=? AND handler=?)"
+    if HANDLER_WALK.match(statement) and probe in plan and all(step.startswith("SCAN events") for step in scans):
         return []
     return scans
 

@@ -17,6 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 from support.db import query
 from support.dispatch import SECRET, envelope, settled
+from support.postgres import pg_query
 from support.signing import signed_post
 from test_store_contract import finish, incoming, moment, now, run, table
 
@@ -333,3 +334,44 @@ def test_the_dispatcher_records_each_try_timeouts_included(store_url: str) -> No
     ]
     assert all(a.finished_at is not None and a.started_at is not None for a in rows)
     assert all(a.started_at <= a.finished_at for a in rows if a.started_at and a.finished_at)
+
+
+def test_both_handler_filters_select_the_same_events(store_url: str) -> None:
+    """A handler's events are read through its runs (few runs) or by walking events (COMMON_HANDLER_RUNS or more).
+
+    The store picks one by counting the handler's runs; both statements must answer alike.
+    """
+    t = float(int(now()))
+    incomings = [incoming(f"evt_{n}", at=t + n, handlers=["h"] if n % 3 else ["h", "g"]) for n in range(12)]
+
+    async def work(store: Store) -> None:
+        for one in incomings:
+            await store.ingest(one)
+
+    run(store_url, work)
+    postgres = is_postgres_url(store_url)
+    mark, time = ("%s", (lambda moment: moment)) if postgres else ("?", iso)
+
+    def read(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        return pg_query(store_url, sql, params) if postgres else query(Path(store_url), sql, tuple(params))
+
+    answers: dict[bool, list[list[tuple[Any, ...]]]] = {}
+    for common in (False, True):
+        answers[common] = [
+            read(*select_events_sql(selection, columns="id", mark=mark, time=time, common_handler=common))
+            for selection in (
+                EventFilter(handler="g", newest_first=True, limit=3),
+                EventFilter(handler="g", status=["pending"]),
+                EventFilter(handler="h", after_seq=2, max_seq=6),
+            )
+        ] + [read(*count_events_sql(EventFilter(handler="h"), cap=5, mark=mark, time=time, common_handler=common))]
+    assert (
+        answers[False]
+        == answers[True]
+        == [
+            [("evt_9",), ("evt_6",), ("evt_3",)],
+            [("evt_0",), ("evt_3",), ("evt_6",), ("evt_9",)],
+            [("evt_2",), ("evt_3",), ("evt_4",), ("evt_5",)],
+            [(5,)],
+        ]
+    )

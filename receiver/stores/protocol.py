@@ -20,6 +20,7 @@ __all__ = [
     "ATTEMPT_COLUMNS",
     "ATTEMPT_OUTCOME",
     "BACKLOG_STATUSES",
+    "COMMON_HANDLER_RUNS",
     "CRASHED_ERROR",
     "HELD",
     "HOLD_RECHECK",
@@ -45,6 +46,7 @@ __all__ = [
     "backlog_from",
     "count_events_sql",
     "distinct_types_sql",
+    "handler_runs_sql",
     "is_takeover",
     "iso",
     "iter_pages",
@@ -448,14 +450,21 @@ class Store(Protocol):
 
 
 def select_events_sql(
-    selection: EventFilter, *, columns: str, mark: str, time: Callable[[datetime], Any], ordered: bool = True
+    selection: EventFilter,
+    *,
+    columns: str,
+    mark: str,
+    time: Callable[[datetime], Any],
+    ordered: bool = True,
+    common_handler: bool = False,
 ) -> tuple[str, list[Any]]:
     """The query both backends run for `selection`, with `mark` as the parameter placeholder.
 
-    `time` turns a filter's datetime into the backend's column value. Several exact types with a
-    limit (what `distinct_types_sql` turns a prefix into) are read as one index walk per type, each
-    stopping at the limit, then merged: one walk over all of them in seq order would sort every
-    matching row of the store to keep the first few.
+    `time` turns a filter's datetime into the backend's column value. `common_handler` says the
+    handler filter's handler has at least COMMON_HANDLER_RUNS runs (`handler_runs_sql` counts them).
+    Several exact types with a limit (what `distinct_types_sql` turns a prefix into) are read as one
+    index walk per type, each stopping at the limit, then merged: one walk over all of them in seq
+    order would sort every matching row of the store to keep the first few.
     """
     where: list[str] = []
     params: list[Any] = []
@@ -478,7 +487,11 @@ def select_events_sql(
             ref += f" AND seq <= {marks([selection.max_seq])}"
         where.append(ref + ")")
     if selection.handler is not None:
-        where.append(f"id IN (SELECT event_id FROM handler_runs WHERE handler = {marks([selection.handler])})")
+        if common_handler:  # on most events: walk them in the page's order, probing the (event_id, handler) key
+            where.append(f"EXISTS (SELECT 1 FROM handler_runs r WHERE r.event_id = events.id AND r.handler = {mark})")
+            params.append(selection.handler)
+        else:  # on few: read its runs first, through the (handler, status) index
+            where.append(f"id IN (SELECT event_id FROM handler_runs WHERE handler = {marks([selection.handler])})")
     for column, op, value in (
         ("received_at", ">=", None if selection.since is None else time(selection.since)),
         ("received_at", "<", None if selection.until is None else time(selection.until)),
@@ -512,6 +525,21 @@ def select_events_sql(
     if selection.limit is not None:
         sql += f" LIMIT {marks([selection.limit])}"
     return sql, params
+
+
+COMMON_HANDLER_RUNS = 10_000
+"""A handler filter reads the handler's runs first (an index range) when it has fewer runs than this; a
+handler with more is on a large share of the events, so the filter walks the events in the page's order and
+probes each one's run by its key, stopping at the limit. Measured on a million-event store, a newest page of
+100: a handler on every event 1,166 ms read by its runs against 0.1 ms walked; a handler on one event in
+2,000 1.6 ms read by its runs against 148 ms walked."""
+
+
+def handler_runs_sql(mark: str) -> str:
+    """How many runs one handler has, counted up to COMMON_HANDLER_RUNS (one index range, bounded)."""
+    return (
+        f"SELECT count(*) FROM (SELECT 1 FROM handler_runs WHERE handler = {mark} LIMIT {COMMON_HANDLER_RUNS}) AS runs"
+    )
 
 
 MAX_MERGED_TYPES = 64
@@ -564,13 +592,15 @@ def with_exact_types(selection: EventFilter, stored: Sequence[str]) -> EventFilt
 
 
 def count_events_sql(
-    selection: EventFilter, *, cap: int, mark: str, time: Callable[[datetime], Any]
+    selection: EventFilter, *, cap: int, mark: str, time: Callable[[datetime], Any], common_handler: bool = False
 ) -> tuple[str, list[Any]]:
     """A count of the events `selection` matches that stops at `cap` rows: cheap however many there are."""
     capped = dataclasses.replace(selection, limit=cap, newest_first=False)
     # Unordered: a count needs no order, and `ORDER BY seq` would make a time window a walk of the whole
     # table in seq order (the planner follows the order, not the received_at index) when it holds fewer than `cap`.
-    inner, params = select_events_sql(capped, columns="1", mark=mark, time=time, ordered=False)
+    inner, params = select_events_sql(
+        capped, columns="1", mark=mark, time=time, ordered=False, common_handler=common_handler
+    )
     return f"SELECT count(*) FROM ({inner}) AS matching", params
 
 

@@ -36,6 +36,7 @@ from ..open import redact_url
 from ..protocol import (
     ATTEMPT_COLUMNS,
     ATTEMPT_OUTCOME,
+    COMMON_HANDLER_RUNS,
     HOLD_RECHECK,
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
@@ -52,6 +53,7 @@ from ..protocol import (
     backlog_from,
     count_events_sql,
     distinct_types_sql,
+    handler_runs_sql,
     iter_pages,
     redact,
     select_events_sql,
@@ -449,8 +451,21 @@ class PostgresStore:
             selection = with_exact_types(selection, stored)
             if not selection.types:
                 return []
-        sql, params = select_events_sql(selection, columns=EVENT_COLUMNS, mark="%s", time=lambda moment: moment)
+        sql, params = select_events_sql(
+            selection,
+            columns=EVENT_COLUMNS,
+            mark="%s",
+            time=lambda moment: moment,
+            common_handler=await self._common_handler(selection),
+        )
         return [_event(row) for row in await self._fetch(sql, params)]
+
+    async def _common_handler(self, selection: EventFilter) -> bool:
+        """Whether the selection's handler has COMMON_HANDLER_RUNS runs or more (False without a handler filter)."""
+        if selection.handler is None:
+            return False
+        [(runs,)] = await self._fetch(handler_runs_sql("%s"), (selection.handler,))
+        return bool(runs >= COMMON_HANDLER_RUNS)
 
     async def event_types(self, patterns: Sequence[str] = ()) -> list[str]:
         found = {
@@ -474,7 +489,8 @@ class PostgresStore:
         return _rejection(rows[0]) if rows else None
 
     async def count_events(self, selection: EventFilter, *, cap: int) -> int:
-        sql, params = count_events_sql(selection, cap=cap, mark="%s", time=lambda moment: moment)
+        common = await self._common_handler(selection)
+        sql, params = count_events_sql(selection, cap=cap, mark="%s", time=lambda moment: moment, common_handler=common)
         [(count,)] = await self._fetch(sql, params)
         return int(count)
 

@@ -26,6 +26,7 @@ from ...event import AttemptOutcome, RunStatus
 from ..protocol import (
     ATTEMPT_COLUMNS,
     ATTEMPT_OUTCOME,
+    COMMON_HANDLER_RUNS,
     CRASHED_ERROR,
     HELD,
     HOLD_RECHECK,
@@ -46,6 +47,7 @@ from ..protocol import (
     backlog_from,
     count_events_sql,
     distinct_types_sql,
+    handler_runs_sql,
     iso,
     iter_pages,
     parse_iso,
@@ -595,8 +597,12 @@ class SQLiteStore:
         return _rejection(rows[0]) if rows else None
 
     async def count_events(self, selection: EventFilter, *, cap: int) -> int:
-        sql, params = count_events_sql(selection, cap=cap, mark="?", time=iso)
-        return int(await self._read(lambda conn: conn.execute(sql, params).fetchone()[0]))
+        def op(conn: sqlite3.Connection) -> int:
+            common = _common_handler(conn, selection)
+            sql, params = count_events_sql(selection, cap=cap, mark="?", time=iso, common_handler=common)
+            return int(conn.execute(sql, params).fetchone()[0])
+
+        return await self._read(op)
 
     def iter_events(self, selection: EventFilter, *, page: int = 500) -> AsyncIterator[StoredEvent]:
         return iter_pages(self, selection, page=page)
@@ -824,8 +830,16 @@ def select_events(conn: sqlite3.Connection, selection: EventFilter) -> list[Stor
         selection = with_exact_types(selection, stored)
         if not selection.types:
             return []
-    sql, params = select_events_sql(selection, columns=_EVENT_COLUMNS, mark="?", time=iso)
+    common = _common_handler(conn, selection)
+    sql, params = select_events_sql(selection, columns=_EVENT_COLUMNS, mark="?", time=iso, common_handler=common)
     return [_event(row) for row in conn.execute(sql, params)]
+
+
+def _common_handler(conn: sqlite3.Connection, selection: EventFilter) -> bool:
+    """Whether the selection's handler has COMMON_HANDLER_RUNS runs or more (False without a handler filter)."""
+    if selection.handler is None:
+        return False
+    return bool(conn.execute(handler_runs_sql("?"), (selection.handler,)).fetchone()[0] >= COMMON_HANDLER_RUNS)
 
 
 def _event(row: tuple[Any, ...]) -> StoredEvent:
