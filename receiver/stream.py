@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .errors import ConfigurationError, StoreUnavailable
-from .hooks import validate_pattern
+from .patterns import validate_pattern
 from .stores.protocol import EventFilter, Store, StoredEvent, redact
 
 __all__ = ["DEFAULT_KEEPALIVE", "PAGE_SIZE", "RETRY_MS", "EventStream", "event_frame"]

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from receiver.hooks import matches
+from receiver.patterns import matches
 from receiver.stores.protocol import EventFilter, Store
 
 from .fixtures import Assignments, Catalogue

@@ -13,7 +13,8 @@ import pytest
 
 from receiver import ConfigurationError, Event, Hooks, NoRetry
 from receiver.dispatch import BACKOFF_SCHEDULE, retry_delay
-from receiver.hooks import DEFAULT_TIMEOUT, HandlerTimeout, is_async_callable, matches, validate_pattern
+from receiver.hooks import DEFAULT_TIMEOUT, HandlerTimeout, is_async_callable
+from receiver.patterns import matches, validate_pattern
 
 
 @pytest.fixture

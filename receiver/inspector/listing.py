@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 from ..errors import ConfigurationError
 from ..event import EventStatus
-from ..hooks import validate_pattern
+from ..patterns import validate_pattern
 from ..replays import REPLAY_OF_HEADER
 from ..stores.protocol import EventFilter, Store, StoredEvent, iso
 from ..times import parse_when

@@ -21,7 +21,8 @@ import click
 from receiver.dev_secret import DEV_SECRET_FILE
 from receiver.errors import ConfigurationError, MontraHooksError
 from receiver.event import EventStatus
-from receiver.hooks import Hooks, import_hooks, validate_pattern
+from receiver.hooks import Hooks, import_hooks
+from receiver.patterns import validate_pattern
 from receiver.stores.open import DEFAULT_DB, is_postgres_url, open_store, redact_url
 from receiver.stores.protocol import Store
 from receiver.stores.sqlite.store import check_store_file
