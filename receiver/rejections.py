@@ -6,9 +6,12 @@ recorded before the counts were kept is still explained, with less precision.
 
 from __future__ import annotations
 
-from .stores.protocol import Rejection
+import base64
+from typing import Any
 
-__all__ = ["explain"]
+from .stores.protocol import Rejection, iso
+
+__all__ = ["explain", "rejection_json"]
 
 _SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
@@ -56,3 +59,21 @@ def _header(headers: dict[str, str], name: str) -> str | None:
 
 def _first_clause(message: str | None) -> str:
     return (message or "").split(":")[0].split(";")[0].strip()
+
+
+def rejection_json(rejection: Rejection) -> dict[str, Any]:
+    """A refusal as JSON (`rejections show --json`, the inspector's API): the body as text, or base64 if not UTF-8."""
+    try:
+        body: dict[str, str] = {"body": rejection.body.decode("utf-8")}
+    except UnicodeDecodeError:
+        body = {"body_b64": base64.b64encode(rejection.body).decode("ascii")}
+    return {
+        "id": rejection.id,
+        "received_at": iso(rejection.received_at),
+        "reason": rejection.reason,
+        "explanation": explain(rejection),
+        "message": rejection.message,
+        "remote": rejection.remote,
+        "headers": rejection.headers,
+        **body,
+    }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from support.dispatch import SECRET, envelope, event_status, install_recording_app, read_log, runs, settled
+from support.net import ThreadClients
 from support.server import ServerProcess
 from support.signing import signed_post
 from support.wait import wait_until
@@ -35,29 +35,17 @@ def start(serve: Serve, tmp_path: Path, *options: str, name: str | None = None) 
     return serve("--app", "recording:hooks", "--db", "events.db", "--secret", SECRET, *options, **extra)
 
 
-# A client per thread, kept for the module: `httpx.post` builds a new SSL context per call, which costs
-# more than the request, and one client shared by many threads under load failed with EBADF on a loaded CI.
-_clients: list[httpx.Client] = []
-_local = threading.local()
-
-
-def _client() -> httpx.Client:
-    client: httpx.Client | None = getattr(_local, "client", None)
-    if client is None:
-        client = _local.client = httpx.Client(timeout=10.0)
-        _clients.append(client)
-    return client
+_clients = ThreadClients()
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _close_clients() -> Iterator[None]:
     yield
-    for client in _clients:
-        client.close()
+    _clients.close()
 
 
 def send(server: ServerProcess, msg_id: str, event_type: str, **data: Any) -> httpx.Response:
-    return signed_post(server.url + "/webhooks", envelope(event_type, **data), SECRET, msg_id, client=_client())
+    return signed_post(server.url + "/webhooks", envelope(event_type, **data), SECRET, msg_id, client=_clients.get())
 
 
 def tries(log: list[dict[str, Any]], phase: str = "start") -> dict[tuple[str, str], list[int]]:
@@ -137,7 +125,7 @@ def test_routing_retries_dead_and_no_retry(serve: Serve, tmp_path: Path) -> None
     response = send(server, "msg_up", "subscription.upgraded")
     assert (response.status_code, response.json()) == (200, {"id": "msg_up", "status": "duplicate"})
     wait_until(lambda: runs(db)["msg_refused", "everything"]["status"] == "succeeded", what="the re-queued run")
-    assert _client().get(server.url + "/healthz").status_code == 200
+    assert _clients.get().get(server.url + "/healthz").status_code == 200
     log = read_log(log_path)
     assert tries(log)["msg_refused", "everything"] == [1, 1]
     assert tries(log)["msg_up", "everything"] == [1]  # succeeded runs are left alone

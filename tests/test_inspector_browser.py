@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.browser import CHROMEDRIVER, CHROMIUM, needs_chromium
+from support.browser import CHROMEDRIVER, CHROMIUM, QUIET_FLAGS, needs_chromium
 from support.db import query
 from support.net import free_port
 from support.server import ServerProcess
@@ -34,18 +34,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TOKEN = "inspect-token-b7d1e04c93"
 ATTACKER_HOST = "evil.test"
-# The network here is closed: without these, Chromium keeps trying to reach Google's services.
 CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-proxy-server",
+    *QUIET_FLAGS,
     "--window-size=1280,900",
     # A hostile site's name that resolves to this machine: DNS rebinding and cross-site pages, all on loopback.
     f"--host-resolver-rules=MAP {ATTACKER_HOST} 127.0.0.1",

@@ -12,7 +12,6 @@ import json
 import random
 import shutil
 import sqlite3
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from click.testing import CliRunner
 from support.dispatch import SECRET, read_log, runs, settled
+from support.net import ThreadClients
 from support.postgres import pg_query
 from support.server import ServerProcess
 from support.signing import signed_post
@@ -37,23 +36,13 @@ Serve = Callable[..., ServerProcess]
 ORDERED_APP = Path(__file__).resolve().parent / "support" / "apps" / "ordered.py"
 BASE = datetime(2026, 11, 25, 17, 0, tzinfo=UTC)
 
-_clients: list[httpx.Client] = []
-_local = threading.local()
-
-
-def _client() -> httpx.Client:
-    client: httpx.Client | None = getattr(_local, "client", None)
-    if client is None:
-        client = _local.client = httpx.Client(timeout=10.0)
-        _clients.append(client)
-    return client
+_clients = ThreadClients()
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _close_clients() -> Iterator[None]:
     yield
-    for client in _clients:
-        client.close()
+    _clients.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -80,7 +69,7 @@ def body(event_type: str, occurred: float | None, **data: Any) -> bytes:
 
 
 def send(server: ServerProcess, msg_id: str, payload: bytes) -> None:
-    response = signed_post(server.url + "/webhooks", payload, SECRET, msg_id, client=_client())
+    response = signed_post(server.url + "/webhooks", payload, SECRET, msg_id, client=_clients.get())
     assert (response.status_code, response.json()) == (200, {"id": msg_id, "status": "stored"})
 
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import shlex
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..command import command_name
-from ..rejections import explain
+from ..rejections import explain, rejection_json
 from ..stores.protocol import MAX_REJECTIONS, REDACTED, Rejection, iso
 from . import bulk
 from .listing import (
@@ -286,7 +285,7 @@ class ListPages:
         if reason and not set(reason) <= _REASON_CHARS:
             return _bad_filter(BadFilter("reason", _reason_error(reason)))
         rows = await self.app.store.list_rejections(reasons=[reason] if reason else (), limit=REJECTIONS_SHOWN)
-        return JSONResponse({"rejections": [_rejection_json(r) for r in rows]})
+        return JSONResponse({"rejections": [rejection_json(r) for r in rows]})
 
     async def api_rejection(self, request: Request) -> Response:
         try:
@@ -296,7 +295,7 @@ class ListPages:
         if found is None:
             number = request.path_params["rejection_id"]
             return JSONResponse({"error": "not_found", "message": f"No rejection {number} is kept."}, 404)
-        return JSONResponse(_rejection_json(found))
+        return JSONResponse(rejection_json(found))
 
     async def _rejection(self, request: Request) -> Rejection | None:
         number = whole_number("id", request.path_params["rejection_id"])
@@ -366,21 +365,4 @@ def _rejection_row(request: Request, rejection: Rejection) -> dict[str, Any]:
         "received": short_time(rejection.received_at),
         "webhook_id": rejection.headers.get("webhook-id") or rejection.headers.get("svix-id") or "",
         "url": f"{_base(request)}/rejections/{rejection.id}",
-    }
-
-
-def _rejection_json(rejection: Rejection) -> dict[str, Any]:
-    try:
-        body: dict[str, str] = {"body": rejection.body.decode("utf-8")}
-    except UnicodeDecodeError:
-        body = {"body_b64": base64.b64encode(rejection.body).decode("ascii")}
-    return {
-        "id": rejection.id,
-        "received_at": iso(rejection.received_at),
-        "reason": rejection.reason,
-        "explanation": explain(rejection),
-        "message": rejection.message,
-        "remote": rejection.remote,
-        "headers": rejection.headers,
-        **body,
     }

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import click
 
-from receiver.rejections import explain
+from receiver.rejections import explain, rejection_json
 from receiver.stores.open import redact_url
-from receiver.stores.protocol import Rejection, iso
+from receiver.stores.protocol import iso
 
 from .options import WHEN, db_option, json_option, run_on_store
 
@@ -108,20 +106,3 @@ def rejections_show(db: str, rejection_id: int, as_json: bool) -> None:
     cut = len(text) > SHOWN_BODY_CHARS
     click.echo(f"body ({len(found.body)} bytes kept{', first ' + str(SHOWN_BODY_CHARS) + ' shown' if cut else ''}):")
     click.echo(text[:SHOWN_BODY_CHARS] + ("..." if cut else ""))
-
-
-def rejection_json(rejection: Rejection) -> dict[str, Any]:
-    try:
-        body: dict[str, str] = {"body": rejection.body.decode("utf-8")}
-    except UnicodeDecodeError:
-        body = {"body_b64": base64.b64encode(rejection.body).decode("ascii")}
-    return {
-        "id": rejection.id,
-        "received_at": iso(rejection.received_at),
-        "reason": rejection.reason,
-        "explanation": explain(rejection),
-        "message": rejection.message,
-        "remote": rejection.remote,
-        "headers": rejection.headers,
-        **body,
-    }
