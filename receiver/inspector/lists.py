@@ -38,7 +38,7 @@ from .listing import (
     shown_count,
     whole_number,
 )
-from .pages import _base, _event_url, _form, _form_too_large, _FormTooLarge, _webhook_url
+from .requests import FormTooLarge, base_path, event_url, form_too_large, read_form, webhook_url
 
 if TYPE_CHECKING:
     from ..app import MontraApp
@@ -102,7 +102,7 @@ class ListPages:
         context = self._list_context(
             request,
             query.text,
-            events=[row_view(e, _event_url(request, e.id)) for e in page.events],
+            events=[row_view(e, event_url(request, e.id)) for e in page.events],
             counts=[
                 {
                     "status": name,
@@ -147,7 +147,7 @@ class ListPages:
             "count_cap": COUNT_CAP,
             "bulk_max": bulk.BULK_MAX,
             "trigger_command": shlex.join(
-                [command_name(), "trigger", "customer.created", "--to", _webhook_url(request, self.app.path)]
+                [command_name(), "trigger", "customer.created", "--to", webhook_url(request, self.app.path)]
             ),
             **context,
         }
@@ -169,7 +169,7 @@ class ListPages:
             limit=min(max(limit, 1), _POLL_LIMIT) if limit is not None else PAGE_SIZE,
         )
         rows = await self.app.store.list_events(selection)
-        return JSONResponse({"events": [row_view(e, _event_url(request, e.id)) for e in rows]})
+        return JSONResponse({"events": [row_view(e, event_url(request, e.id)) for e in rows]})
 
     async def api_counts(self, request: Request) -> Response:
         """Events the filters match, by status and in all (`all`), each counted to `cap + 1` at most."""
@@ -208,9 +208,9 @@ class ListPages:
         if action is None:
             return _no_action(request)
         try:
-            form = await _form(request)
-        except _FormTooLarge:
-            return _form_too_large()
+            form = await read_form(request)
+        except FormTooLarge:
+            return form_too_large()
         try:
             query = ListQuery.parse(form)
             max_seq = whole_number("max_seq", form.get("max_seq", "").strip())
@@ -234,7 +234,7 @@ class ListPages:
             return JSONResponse({"error": "too_many_events", "message": message}, status_code=400)
         except bulk.CannotSign as e:
             return JSONResponse({"error": "cannot_sign", "message": f"Nothing was replayed. {e}"}, status_code=409)
-        return RedirectResponse(f"{_base(request)}?{query.query(**done)}", 303)
+        return RedirectResponse(f"{base_path(request)}?{query.query(**done)}", 303)
 
     # -- rejections --------------------------------------------------------------------------
 
@@ -364,5 +364,5 @@ def _rejection_row(request: Request, rejection: Rejection) -> dict[str, Any]:
         "received_at": iso(rejection.received_at),
         "received": short_time(rejection.received_at),
         "webhook_id": rejection.headers.get("webhook-id") or rejection.headers.get("svix-id") or "",
-        "url": f"{_base(request)}/rejections/{rejection.id}",
+        "url": f"{base_path(request)}/rejections/{rejection.id}",
     }

@@ -22,7 +22,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from starlette.requests import Request
@@ -38,11 +38,21 @@ from ..stores.protocol import REDACTED, Run, StoredEvent, iso
 from .access import InspectorAccess, Refusal, is_loopback_host
 from .body import body_view, highlight_json
 from .changes import changes
+from .lists import ListPages
+from .requests import (
+    MAX_FORM_BYTES,
+    BadQuery,
+    FormTooLarge,
+    base_path,
+    event_url,
+    form_too_large,
+    read_form,
+    webhook_url,
+)
 from .timeline import MAX_RESOURCE_PAGE, RESOURCE_PAGE_SIZE, attempt_rows, read_resource, resource_path
 
 if TYPE_CHECKING:
     from ..app import MontraApp
-    from .lists import ListPages
 
 __all__ = ["Inspector", "highlight_json"]
 
@@ -63,7 +73,6 @@ _SECURITY_HEADERS = {
     "referrer-policy": "same-origin",
     "cache-control": "no-store",  # pages and JSON hold event data: keep them out of caches
 }
-_MAX_FORM_BYTES = 16 * 1024
 _MAX_SEQ = 2**63 - 1
 _AUTHENTICATED = "montra.inspector.authenticated"  # set in the request's scope by the guard
 
@@ -91,9 +100,7 @@ class Inspector:
         self.templates = Jinja2Templates(env=env)
         static = resources.files("receiver.inspector").joinpath("static")
         self._static = {name: static.joinpath(name).read_bytes() for name in _STATIC}
-        from .lists import ListPages  # here, not above: lists builds on this module's helpers
-
-        self.lists: ListPages = ListPages(self)
+        self.lists = ListPages(self)
 
     @property
     def login_path(self) -> str:
@@ -128,13 +135,13 @@ class Inspector:
                 refusal = self.access.authenticate(request)
                 if refusal is not None and refusal.status == 401 and kind == "page":
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    return _secured(RedirectResponse(f"{_base(request)}/login?{urlencode({'next': target})}", 303))
+                    return _secured(RedirectResponse(f"{base_path(request)}/login?{urlencode({'next': target})}", 303))
                 request.scope[_AUTHENTICATED] = refusal is None
             if refusal is not None:
                 return _secured(refusal.response())
             try:
                 return _secured(await endpoint(request))
-            except _BadQuery as e:
+            except BadQuery as e:
                 return _secured(JSONResponse({"error": "bad_query", "message": str(e)}, status_code=400))
 
         return guarded
@@ -178,14 +185,14 @@ class Inspector:
             "body_size": len(event.body),
             "replay_command": self._replay_command(request, event.id),
             "state": _state(event, runs),
-            "state_url": f"{_base(request)}/api/events/{quote(event.id, safe='')}",
+            "state_url": f"{base_path(request)}/api/events/{quote(event.id, safe='')}",
             "requeued": requeued,
             "waiting": await self._waiting(request, event.id, runs),
             # The event and resource pages' history, change and edit form.
             "attempts": attempt_rows(attempts),
-            "refs": [(kind, ref, _base(request) + resource_path(ref)) for kind, ref in refs],
+            "refs": [(kind, ref, base_path(request) + resource_path(ref)) for kind, ref in refs],
             "changes": changes(parsed),
-            "replay_of": (original, _event_url(request, original)) if original != event.id else None,
+            "replay_of": (original, event_url(request, original)) if original != event.id else None,
             "edit_text": edited if edited is not None else _edit_text(event.body, parsed),
             "replay_error": replay_error,
         }
@@ -198,9 +205,9 @@ class Inspector:
         event_id = request.path_params["event_id"]
         limit = _edit_form_limit(self.app.max_body)
         try:
-            form = await _form(request, limit=limit)
-        except _FormTooLarge:
-            return _form_too_large(limit)
+            form = await read_form(request, limit=limit)
+        except FormTooLarge:
+            return form_too_large(limit)
         event = await self.app.store.get_event(event_id)
         if event is None:
             return JSONResponse({"error": "not_found", "message": f"No event {event_id!r} is stored."}, 404)
@@ -217,7 +224,7 @@ class Inspector:
         status, answer = await self.app.replay(body, original=original_id(event.id, event.headers))
         # Stored is what counts: an inline receiver answers 500 when a handler failed, with the event kept.
         if status == 200 or answer.get("error") == "handler_failed":
-            return RedirectResponse(_event_url(request, answer["id"]), 303)
+            return RedirectResponse(event_url(request, answer["id"]), 303)
         error = f"The receiver refused the replay ({answer['error']}): {answer['message']} Nothing was stored."
         return await self._event_view(request, event, edited=edited, replay_error=error, status_code=status)
 
@@ -228,7 +235,7 @@ class Inspector:
         page = await read_resource(self.app.store, ref, after=after, limit=min(limit, MAX_RESOURCE_PAGE))
         if not page.events and after is None:
             return self._render(request, "resource.html", {"ref": ref, "found": False}, status_code=404)
-        here = _base(request) + resource_path(ref)
+        here = base_path(request) + resource_path(ref)
         context = {
             "ref": ref,
             "found": True,
@@ -240,7 +247,7 @@ class Inspector:
             "after": after,
             "first_url": here,
             "next_url": f"{here}?{urlencode({'after': page.next_after})}" if page.next_after is not None else None,
-            "list_url": f"{_base(request)}?{urlencode({'ref': ref})}",
+            "list_url": f"{base_path(request)}?{urlencode({'ref': ref})}",
         }
         return self._render(request, "resource.html", context)
 
@@ -255,17 +262,17 @@ class Inspector:
             if waiting is not None:
                 limit = registration.max_attempts or self.app.settings.max_attempts
                 text = waiting_text(waiting, limit).removeprefix(f"waiting for {waiting.event_id} ")
-                url = _event_url(request, waiting.event_id)
+                url = event_url(request, waiting.event_id)
                 found[run.handler] = {"event_id": waiting.event_id, "url": url, "state": text}
         return found
 
     async def login(self, request: Request) -> Response:
-        base = _base(request)
+        base = base_path(request)
         if request.method == "POST":
             try:
-                form = await _form(request)
-            except _FormTooLarge:
-                return _form_too_large()
+                form = await read_form(request)
+            except FormTooLarge:
+                return form_too_large()
             token, target = form.get("token", ""), form.get("next", "")
         else:
             token, target = request.query_params.get("token", ""), request.query_params.get("next", "")
@@ -288,20 +295,20 @@ class Inspector:
         return page
 
     async def logout(self, request: Request) -> Response:
-        response = RedirectResponse(f"{_base(request)}/login", 303)
+        response = RedirectResponse(f"{base_path(request)}/login", 303)
         self.access.end_session(request, response)
         return response
 
     async def rerun(self, request: Request) -> Response:
         event_id = request.path_params["event_id"]
         try:
-            handler = (await _form(request)).get("handler") or None
-        except _FormTooLarge:
-            return _form_too_large()
+            handler = (await read_form(request)).get("handler") or None
+        except FormTooLarge:
+            return form_too_large()
         if await self.app.store.get_event(event_id) is None:
             return JSONResponse({"error": "not_found", "message": f"No event {event_id!r} is stored."}, 404)
         count = await self.app.rerun(event_id, handler=handler)
-        return RedirectResponse(f"{_event_url(request, event_id)}?requeued={count}", 303)
+        return RedirectResponse(f"{event_url(request, event_id)}?requeued={count}", 303)
 
     # -- JSON for the pages' polling -------------------------------------------------------
 
@@ -330,7 +337,7 @@ class Inspector:
 
     def _render(self, request: Request, name: str, context: dict[str, Any], *, status_code: int = 200) -> Response:
         logged_in = bool(request.scope.get(_AUTHENTICATED)) or self.access.has_session(request)
-        context = {"base": _base(request), "logged_in": logged_in, "token_file": self.token_file, **context}
+        context = {"base": base_path(request), "logged_in": logged_in, "token_file": self.token_file, **context}
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
     def _wrong_token_message(self) -> str:
@@ -358,7 +365,7 @@ class Inspector:
         }
 
     def _replay_command(self, request: Request, event_id: str) -> str:
-        parts = [command_name(), "replay", "--id", event_id, "--to", _webhook_url(request, self.app.path)]
+        parts = [command_name(), "replay", "--id", event_id, "--to", webhook_url(request, self.app.path)]
         if self.app.store.path != DEFAULT_DB:
             parts[2:2] = ["--db", self.app.store.path]
         if not is_loopback_host(request.headers.get("host", "")):
@@ -367,23 +374,19 @@ class Inspector:
 
 
 def _whole_number(name: str, text: str) -> int | None:
-    """A query value that must be an event seq or a count: None when absent, `_BadQuery` when not one."""
+    """A query value that must be an event seq or a count: None when absent, `BadQuery` when not one."""
     if not text:
         return None
     # A store's seq is a signed 64-bit integer: a larger number is no seq (and SQLite would overflow on it).
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > _MAX_SEQ:
         shown = text if len(text) <= 40 else text[:40] + "..."
-        raise _BadQuery(f"{name} must be a whole number from 0 to {_MAX_SEQ}, got {shown!r}.")
+        raise BadQuery(f"{name} must be a whole number from 0 to {_MAX_SEQ}, got {shown!r}.")
     return int(text)
 
 
 def _has_nul(request: Request) -> bool:
     values = [*request.path_params.values(), *request.query_params.keys(), *request.query_params.values()]
     return any("\x00" in str(value) for value in values)
-
-
-class _BadQuery(Exception):
-    """A query value the page cannot use: answered 400 with this message."""
 
 
 def _event_row(request: Request, event: StoredEvent) -> dict[str, Any]:
@@ -394,7 +397,7 @@ def _event_row(request: Request, event: StoredEvent) -> dict[str, Any]:
         "status": event.status,
         "received_at": iso(event.received_at),
         "received": _display_time(iso(event.received_at)),
-        "url": _event_url(request, event.id),
+        "url": event_url(request, event.id),
     }
 
 
@@ -413,19 +416,6 @@ def _display_time(iso_text: str | None) -> str:
     return iso_text[:23].replace("T", " ") if iso_text else ""
 
 
-def _base(request: Request) -> str:
-    return f"{request.scope.get('root_path', '')}/inspect"
-
-
-def _event_url(request: Request, event_id: str) -> str:
-    return f"{_base(request)}/events/{quote(event_id, safe='')}"
-
-
-def _webhook_url(request: Request, path: str) -> str:
-    host = request.headers.get("host") or "127.0.0.1:8000"
-    return f"{request.url.scheme}://{host}{request.scope.get('root_path', '')}{path}"
-
-
 def _is_inspector_path(base: str, target: str) -> bool:
     # Only a path of this inspector: never another site (`//evil`, `https://...`) after logging in.
     return (target == base or target.startswith((f"{base}/", f"{base}?"))) and "\\" not in target
@@ -436,35 +426,9 @@ def _hide_query(request: Request) -> None:
     request.scope["query_string"] = b"token=[redacted]"
 
 
-class _FormTooLarge(Exception):
-    """A form body larger than any of the inspector's forms: refused, never read as an empty form."""
-
-
-async def _form(request: Request, *, limit: int = _MAX_FORM_BYTES) -> dict[str, str]:
-    """An `application/x-www-form-urlencoded` body (all our forms send), without python-multipart."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise _FormTooLarge
-    body = b"".join(chunks)
-    pairs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    form = {name: values[0] for name, values in pairs.items()}
-    if any("\x00" in text for pair in form.items() for text in pair):
-        raise _BadQuery("The form holds a NUL character: no inspector form sends one.")
-    return form
-
-
-def _form_too_large(limit: int = _MAX_FORM_BYTES) -> Response:
-    message = f"The form is larger than {limit} bytes: no inspector form is."
-    return JSONResponse({"error": "body_too_large", "message": message}, status_code=413)
-
-
 def _edit_form_limit(max_body: int) -> int:
     # A body the receiver takes, pretty-printed and URL-encoded (up to 3 bytes a byte), and room for the rest.
-    return 2 * 3 * max_body + _MAX_FORM_BYTES
+    return 2 * 3 * max_body + MAX_FORM_BYTES
 
 
 def _edit_text(body: bytes, parsed: object) -> str:
