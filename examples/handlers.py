@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from receiver import Event, Hooks, NoRetry
+from receiver.types import Subscription
 
 log = logging.getLogger("examples.handlers")
 hooks = Hooks()
@@ -20,18 +21,26 @@ usage: dict[str, float] = {}
 seen_usage_events: set[str] = set()
 
 
-@hooks.on("subscription.created", "subscription.upgraded", "subscription.resumed")
-async def grant_plan(event: Event) -> None:
-    """Give the customer the plan they pay for. Setting a value is idempotent by nature."""
-    subscription = event.data
-    plans[subscription["customer_id"]] = subscription.get("pricing_model_id", "unknown")
-    log.info("customer %s now on %s", subscription["customer_id"], plans[subscription["customer_id"]])
-
-
-@hooks.on("subscription.canceled", "subscription.paused")
-async def revoke_plan(event: Event) -> None:
-    plans.pop(event.data["customer_id"], None)
-    log.info("customer %s lost access (%s)", event.data["customer_id"], event.type)
+@hooks.on(
+    "subscription.created",
+    "subscription.upgraded",
+    "subscription.resumed",
+    "subscription.paused",
+    "subscription.canceled",
+    ordered_by="subscription",  # one subscription's events run one at a time, oldest first
+)
+async def sync_plan(event: Event[Subscription]) -> None:
+    """Give the customer the plan they pay for, or take it away. Setting a value is idempotent by nature."""
+    subscription = event.data  # typed: mypy knows a Subscription's fields
+    if event.superseded:  # it arrived late: a newer event about this subscription was already applied
+        log.info("ignoring %s [%s]: superseded", event.type, event.id)
+        return
+    if event.type in ("subscription.paused", "subscription.canceled"):
+        plans.pop(subscription["customer_id"], None)
+        log.info("customer %s lost access (%s)", subscription["customer_id"], event.type)
+    else:
+        plans[subscription["customer_id"]] = subscription["pricing_model_id"]
+        log.info("customer %s now on %s", subscription["customer_id"], subscription["pricing_model_id"])
 
 
 @hooks.on("usage.reported")
