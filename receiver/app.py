@@ -335,6 +335,7 @@ class MontraApp:
         occurred_at = envelope.get("timestamp")
         registrations = self.hooks.handlers_for(event_type)
         refs = resource_refs(event_type, envelope.get("data"))
+        ordering = run_ordering(registrations, refs)
         incoming = Incoming(
             id=event_id,
             type=event_type,
@@ -345,8 +346,8 @@ class MontraApp:
             body=body,
             handlers=[r.name for r in registrations],
             refs=refs,
-            ordering=run_ordering(registrations, refs),
-            order_at=order_time(occurred_at),
+            ordering=ordering,
+            order_at=order_time(occurred_at) if ordering else None,  # only ordered runs keep a time
         )
         store, dispatcher = self.store, self._dispatcher
         assert dispatcher is not None

@@ -121,8 +121,8 @@ class Incoming:
     """For each ordered handler among `handlers` (`ordered_by`), the event's resource id of that kind and
     the handler's `hold_on_dead`: its run's `order_key` and `hold_on_dead`. Handlers absent run unordered."""
     order_at: float | None = None
-    """The envelope's `timestamp` in Unix seconds, when it has a readable one: ordered runs start in this
-    order (then `seq`); without one, `received_at` stands in."""
+    """The envelope's `timestamp` in Unix seconds, when it has a readable one and some run is ordered:
+    ordered runs start in this order (then `seq`); without one, `received_at` stands in."""
 
 
 @dataclass(frozen=True, slots=True)
