@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = [
+    "REJECTION_REASONS",
     "ConfigurationError",
     "EnvelopeError",
     "MontraHooksError",
     "NoRetry",
+    "RejectionReason",
     "StoreUnavailable",
     "UnknownEventTypeWarning",
     "VerificationError",
@@ -16,6 +18,11 @@ __all__ = [
 ]
 
 VerificationReason = Literal["missing_headers", "bad_timestamp", "timestamp_out_of_tolerance", "invalid_signature"]
+RejectionReason = Literal[
+    VerificationReason, "invalid_json", "invalid_event", "body_too_large", "unsupported_media_type"
+]
+"""Why the receiver refused a request it then recorded in `rejections` (the HTTP error body's `error`)."""
+REJECTION_REASONS: tuple[RejectionReason, ...] = get_args(RejectionReason)
 
 
 class MontraHooksError(Exception):

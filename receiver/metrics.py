@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .errors import ConfigurationError, StoreUnavailable
+from .errors import REJECTION_REASONS, ConfigurationError, StoreUnavailable
 from .stores.protocol import BACKLOG_STATUSES, Backlog, Store
 from .stream import EventStream
 
@@ -38,20 +38,7 @@ log = logging.getLogger("montra.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """What `generate_latest` writes: the classic text format every Prometheus reads."""
 
-RECEIVED_OUTCOMES = (
-    "stored",
-    "duplicate",
-    "body_too_large",
-    "unsupported_media_type",
-    "missing_headers",
-    "bad_timestamp",
-    "timestamp_out_of_tolerance",
-    "invalid_signature",
-    "invalid_json",
-    "invalid_event",
-    "store_unavailable",
-    "headers_too_large",
-)
+RECEIVED_OUTCOMES = ("stored", "duplicate", *REJECTION_REASONS, "store_unavailable", "headers_too_large")
 """Outcomes exported at 0 from the start: a series that appears only at its first increment hides that
 increment from `rate()` and `increase()`, which alerts are written with."""
 

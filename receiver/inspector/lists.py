@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..command import command_name
+from ..errors import REJECTION_REASONS
 from ..rejections import explain, rejection_json
 from ..stores.protocol import MAX_REJECTIONS, REDACTED, Rejection, iso
 from . import bulk
@@ -51,7 +52,6 @@ REJECTIONS_SHOWN = 100
 SHOWN_BODY_CHARS = 2000
 """A rejected body is shown this far (the store keeps at most REJECTED_BODY_BYTES of it)."""
 _POLL_LIMIT = 500  # the most rows the polling endpoint returns at once
-_REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz_")
 
 
 class ListPages:
@@ -239,15 +239,10 @@ class ListPages:
     # -- rejections --------------------------------------------------------------------------
 
     async def rejections_page(self, request: Request) -> Response:
-        reason = request.query_params.get("reason", "").strip()
-        if reason and not set(reason) <= _REASON_CHARS:
-            context = {
-                "rejections": [],
-                "reason": "",
-                "error": _reason_error(reason),
-                "shown": REJECTIONS_SHOWN,
-                "kept": "",
-            }
+        try:
+            reason = _reason(request)
+        except BadFilter as e:
+            context = {"rejections": [], "reason": "", "error": str(e), "shown": REJECTIONS_SHOWN, "kept": ""}
             return self.inspector._render(request, "rejections.html", context, status_code=400)
         rows = await self.app.store.list_rejections(reasons=[reason] if reason else (), limit=REJECTIONS_SHOWN)
         context = {
@@ -281,9 +276,10 @@ class ListPages:
         return self.inspector._render(request, "rejection.html", context)
 
     async def api_rejections(self, request: Request) -> Response:
-        reason = request.query_params.get("reason", "").strip()
-        if reason and not set(reason) <= _REASON_CHARS:
-            return _bad_filter(BadFilter("reason", _reason_error(reason)))
+        try:
+            reason = _reason(request)
+        except BadFilter as e:
+            return _bad_filter(e)
         rows = await self.app.store.list_rejections(reasons=[reason] if reason else (), limit=REJECTIONS_SHOWN)
         return JSONResponse({"rejections": [rejection_json(r) for r in rows]})
 
@@ -350,9 +346,13 @@ def _cli_command(action: bulk.Action, query: ListQuery) -> str:
     return shlex.join([*parts, "--to", "URL"])
 
 
-def _reason_error(reason: str) -> str:
-    shown = reason if len(reason) <= 40 else reason[:40] + "..."
-    return f"reason must be an error code such as invalid_signature, got {shown!r}."
+def _reason(request: Request) -> str:
+    """The `reason` filter of the rejections pages: empty, or one of the codes a refusal is recorded under."""
+    reason = request.query_params.get("reason", "").strip()
+    if reason and reason not in REJECTION_REASONS:
+        shown = reason if len(reason) <= 40 else reason[:40] + "..."
+        raise BadFilter("reason", f"reason must be one of {', '.join(REJECTION_REASONS)}; got {shown!r}.")
+    return reason
 
 
 def _rejection_row(request: Request, rejection: Rejection) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import click
 
+from receiver.errors import REJECTION_REASONS
 from receiver.rejections import explain, rejection_json
 from receiver.stores.open import redact_url
 from receiver.stores.protocol import iso
@@ -18,16 +19,6 @@ __all__ = ["rejections"]
 
 SHOWN_BODY_CHARS = 2000
 """`rejections show` prints this much of the (already truncated) body."""
-REASONS = (
-    "missing_headers",
-    "bad_timestamp",
-    "timestamp_out_of_tolerance",
-    "invalid_signature",
-    "invalid_json",
-    "invalid_event",
-    "body_too_large",
-    "unsupported_media_type",
-)
 
 
 @click.group()
@@ -44,7 +35,11 @@ def rejections() -> None:
 @rejections.command("list")
 @db_option
 @click.option(
-    "--reason", "reasons", multiple=True, type=click.Choice(REASONS), help="Only this error code; repeat for more."
+    "--reason",
+    "reasons",
+    multiple=True,
+    type=click.Choice(REJECTION_REASONS),
+    help="Only this error code; repeat for more.",
 )
 @click.option("--since", type=WHEN, metavar="WHEN", help="Refused at or after: ISO time or a duration ago (2h, 7d).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), metavar="N", help="Newest first.")
