@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ingest import SECRET, _Runner, _Server, ensure_wrk
+from ingest import SECRET, _Runner, _Server, load_generator
 
 TARGET_UNDER_ATTACK = 0.8
 TARGET_OVER_PLAIN = 0.95
@@ -157,8 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--load", choices=["wrk", "python"], default="wrk", help="python: bench/_loadgen.py")
     args = parser.parse_args(argv or [])
 
-    wrk = ensure_wrk() if args.load == "wrk" else None
-    tool = f"wrk -t1 -c{args.connections}" if wrk else f"bench/_loadgen.py, {args.connections} connections"
+    wrk, tool = load_generator(args.load, args.connections)
     print(f"hostile: {tool}, {args.rounds} rounds of {args.seconds} s: (p) quiet, (p) attacked, (u) quiet")
     pace = f"{args.floods_per_second:g} a second" if args.floods_per_second else "back to back"
     print(f"  attack: {args.slowloris} slowloris connections; 400,000-line header floods, {pace}", flush=True)

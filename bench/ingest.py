@@ -75,6 +75,18 @@ def ensure_wrk() -> str | None:
     return shutil.which("wrk")
 
 
+def load_generator(load: str, connections: int, threads: int = 1) -> tuple[str | None, str]:
+    """wrk's path (None: bench/_loadgen.py drives the load) and how the load is made, in words.
+
+    `load` is the benchmarks' `--load`: `wrk`, which falls back to the Python generator when wrk cannot be
+    had (and says so), or `python`.
+    """
+    wrk = ensure_wrk() if load == "wrk" else None
+    if not wrk and load == "wrk":
+        print("wrk cannot be had here: falling back to bench/_loadgen.py (a Python load generator, slower than wrk)")
+    return wrk, f"wrk -t{threads} -c{connections}" if wrk else f"bench/_loadgen.py, {connections} connections"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -244,10 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--load", choices=["wrk", "python"], default="wrk", help="python: bench/_loadgen.py")
     args = parser.parse_args(argv or [])
 
-    wrk = ensure_wrk() if args.load == "wrk" else None
-    tool = f"wrk -t{args.threads} -c{args.connections}" if wrk else f"bench/_loadgen.py, {args.connections} connections"
-    if not wrk and args.load == "wrk":
-        print("wrk cannot be had here: falling back to bench/_loadgen.py (a Python load generator, slower than wrk)")
+    wrk, tool = load_generator(args.load, args.connections, args.threads)
     print(f"ingest: {tool}, {args.rounds} alternating rounds of {args.seconds} s after a {args.warmup} s warm-up")
     print(f"  servers: {_implementation()}; started once, kept running through all rounds", flush=True)
     print(

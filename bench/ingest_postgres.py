@@ -51,7 +51,7 @@ for _folder in (str(HERE), str(HERE.parent)):  # runnable alone, as bench/run.py
 import _cpu  # noqa: E402
 
 # ingest.py's server process and load run, reused so both benchmarks drive their servers alike.
-from ingest import SECRET, _load, _Server, ensure_wrk, settle, write_events  # noqa: E402
+from ingest import SECRET, _load, _Server, load_generator, settle, write_events  # noqa: E402
 
 from receiver.stores.open import is_postgres_url, redact_url  # noqa: E402
 
@@ -238,11 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if base is None:
         print(f"ingest_postgres: skipped: no PostgreSQL server ({why}); to get one: {HOW_TO_GET_ONE}")
         return {}
-    wrk = ensure_wrk() if args.load == "wrk" else None
+    wrk, tool = load_generator(args.load, args.connections)
     half = args.connections // 2
-    tool = f"wrk -t1 -c{args.connections}" if wrk else f"bench/_loadgen.py, {args.connections} connections"
-    if not wrk and args.load == "wrk":
-        print("wrk cannot be had here: falling back to bench/_loadgen.py (a Python load generator, slower than wrk)")
     print(f"ingest_postgres: {tool} ((c): two of them, -c{half} each, one per instance)")
     print(f"  {args.rounds} alternating rounds of {args.seconds} s after a {args.warmup} s warm-up")
     run_schema = f"bench_{secrets.token_hex(4)}"

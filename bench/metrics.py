@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 
 import httpx
-from ingest import SECRET, _implementation, _Runner, _Server, ensure_wrk
+from ingest import SECRET, _implementation, _Runner, _Server, load_generator
 
 TARGET = 0.95
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--load", choices=["wrk", "python"], default="wrk", help="python: bench/_loadgen.py")
     args = parser.parse_args(argv or [])
 
-    wrk = ensure_wrk() if args.load == "wrk" else None
-    tool = f"wrk -t{args.threads} -c{args.connections}" if wrk else f"bench/_loadgen.py, {args.connections} connections"
-    if not wrk and args.load == "wrk":
-        print("wrk cannot be had here: falling back to bench/_loadgen.py (a Python load generator, slower than wrk)")
+    wrk, tool = load_generator(args.load, args.connections, args.threads)
     print(f"metrics: {tool}, {args.rounds} alternating rounds of {args.seconds} s after a {args.warmup} s warm-up")
     print(f"  servers: {_implementation()}; (b) scraped once a second while loaded", flush=True)
 

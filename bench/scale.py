@@ -38,7 +38,7 @@ from pathlib import Path
 
 import _bigstore
 from _events import event_body
-from ingest import SECRET, _load, _Server, ensure_wrk, write_events
+from ingest import SECRET, _load, _Server, load_generator, write_events
 
 from receiver import sign
 from receiver.stores.protocol import EventFilter, Incoming
@@ -236,9 +236,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv or [])
     if args.quick:
         args.events, args.rounds, args.seconds = 100_000, 1, 3
-    wrk = ensure_wrk() if args.load == "wrk" else None
+    wrk, tool = load_generator(args.load, CONNECTIONS)
     print(f"scale: {args.events:,} stored events vs an empty store; {args.rounds} rounds of {args.seconds} s")
-    print(f"  load: {'wrk' if wrk else 'bench/_loadgen.py'}, {CONNECTIONS} connections", flush=True)
+    print(f"  load: {tool}", flush=True)
     cached = cached_store(args.events)
     samples: dict[str, list[dict[str, float]]] = {k: [] for k in ("new_empty", "new_full", "dup_full", "mixed_full")}
     figures: dict[str, float] = {}
