@@ -224,6 +224,7 @@ async def inspector_reads(store: Store, *, now: float, newest: int) -> None:
         EventFilter(newest_first=True),
         EventFilter(ref=ref_of(42), newest_first=True),
         EventFilter(ref=ref_of(42), status=["dead"], newest_first=True),
+        EventFilter(ref="cus_none", newest_first=True, limit=20),  # `events list --ref`: no page bounds, no match
         EventFilter(since=since, until=until, newest_first=True),
         EventFilter(since=since, status=["failed"], newest_first=True),
     ]

@@ -457,11 +457,13 @@ def select_events_sql(
     time: Callable[[datetime], Any],
     ordered: bool = True,
     common_handler: bool = False,
+    ref_array: bool = False,
 ) -> tuple[str, list[Any]]:
     """The query both backends run for `selection`, with `mark` as the parameter placeholder.
 
     `time` turns a filter's datetime into the backend's column value. `common_handler` says the
     handler filter's handler has at least COMMON_HANDLER_RUNS runs (`handler_runs_sql` counts them).
+    `ref_array` (PostgreSQL) reads a resource filter's seqs as an array first.
     Several exact types with a limit (what `distinct_types_sql` turns a prefix into) are read as one
     index walk per type, each stopping at the limit, then merged: one walk over all of them in seq
     order would sort every matching row of the store to keep the first few.
@@ -480,12 +482,15 @@ def select_events_sql(
     if selection.ref is not None:
         # The page's seq bounds inside too: PostgreSQL does not carry `events.seq <= x` into the subquery, and
         # walks the event_refs_seq index down from x for the resource instead of the (ref, kind, seq) key.
-        ref = f"seq IN (SELECT seq FROM event_refs WHERE ref = {marks([selection.ref])}"
+        about = f"SELECT seq FROM event_refs WHERE ref = {marks([selection.ref])}"
         if selection.after_seq is not None:
-            ref += f" AND seq > {marks([selection.after_seq])}"
+            about += f" AND seq > {marks([selection.after_seq])}"
         if selection.max_seq is not None:
-            ref += f" AND seq <= {marks([selection.max_seq])}"
-        where.append(ref + ")")
+            about += f" AND seq <= {marks([selection.max_seq])}"
+        # PostgreSQL plans `seq IN (...)` as a merge join walking events and event_refs in seq order, which reads
+        # the whole store for a resource with few events (355 ms on a million, against 0.1 ms): `ref_array` has
+        # it read the resource's seqs first, once (an init plan), then fetch those events by key.
+        where.append(f"seq = ANY (ARRAY({about}))" if ref_array else f"seq IN ({about})")
     if selection.handler is not None:
         if common_handler:  # on most events: walk them in the page's order, probing the (event_id, handler) key
             where.append(f"EXISTS (SELECT 1 FROM handler_runs r WHERE r.event_id = events.id AND r.handler = {mark})")
@@ -592,14 +597,20 @@ def with_exact_types(selection: EventFilter, stored: Sequence[str]) -> EventFilt
 
 
 def count_events_sql(
-    selection: EventFilter, *, cap: int, mark: str, time: Callable[[datetime], Any], common_handler: bool = False
+    selection: EventFilter,
+    *,
+    cap: int,
+    mark: str,
+    time: Callable[[datetime], Any],
+    common_handler: bool = False,
+    ref_array: bool = False,
 ) -> tuple[str, list[Any]]:
     """A count of the events `selection` matches that stops at `cap` rows: cheap however many there are."""
     capped = dataclasses.replace(selection, limit=cap, newest_first=False)
     # Unordered: a count needs no order, and `ORDER BY seq` would make a time window a walk of the whole
     # table in seq order (the planner follows the order, not the received_at index) when it holds fewer than `cap`.
     inner, params = select_events_sql(
-        capped, columns="1", mark=mark, time=time, ordered=False, common_handler=common_handler
+        capped, columns="1", mark=mark, time=time, ordered=False, common_handler=common_handler, ref_array=ref_array
     )
     return f"SELECT count(*) FROM ({inner}) AS matching", params
 

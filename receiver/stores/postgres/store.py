@@ -457,6 +457,7 @@ class PostgresStore:
             mark="%s",
             time=lambda moment: moment,
             common_handler=await self._common_handler(selection),
+            ref_array=True,
         )
         return [_event(row) for row in await self._fetch(sql, params)]
 
@@ -490,7 +491,9 @@ class PostgresStore:
 
     async def count_events(self, selection: EventFilter, *, cap: int) -> int:
         common = await self._common_handler(selection)
-        sql, params = count_events_sql(selection, cap=cap, mark="%s", time=lambda moment: moment, common_handler=common)
+        sql, params = count_events_sql(
+            selection, cap=cap, mark="%s", time=lambda moment: moment, common_handler=common, ref_array=True
+        )
         [(count,)] = await self._fetch(sql, params)
         return int(count)
 
