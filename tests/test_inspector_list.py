@@ -543,11 +543,21 @@ def test_a_rejection_shows_its_headers_redacted_and_its_body_cut(refused: Setup)
         ("/inspect/api/rejections/99", 404, "not_found"),
         ("/inspect/api/rejections/x", 400, "bad_filter"),
         ("/inspect/api/rejections?reason=DROP%20TABLE", 400, "bad_filter"),
+        ("/inspect/api/rejections?reason=no_such_reason", 400, "bad_filter"),
     ],
 )
 def test_a_missing_or_bad_rejection_is_answered(refused: Setup, path: str, status: int, error: str) -> None:
     response = refused.client.get(path)
     assert (response.status_code, response.json()["error"]) == (status, error)
+
+
+def test_the_reason_filter_names_the_codes_it_takes(refused: Setup) -> None:
+    response = refused.client.get("/inspect/api/rejections?reason=invalid_sig")
+    assert (response.status_code, response.json()["parameter"]) == (400, "reason")
+    assert response.json()["message"] == (
+        "reason must be one of missing_headers, bad_timestamp, timestamp_out_of_tolerance, invalid_signature, "
+        "invalid_json, invalid_event, body_too_large, unsupported_media_type; got 'invalid_sig'."
+    )
 
 
 def test_a_missing_rejection_is_a_404_page(refused: Setup) -> None:
