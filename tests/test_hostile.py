@@ -329,3 +329,27 @@ def test_repeated_id_or_timestamp_with_different_values_is_refused(server: Serve
     # The same value twice is not ambiguous: stored.
     again = {"webhook-id": msg_id, "webhook-timestamp": timestamp}
     assert raw_post(server, "msg_twice", msg_id, timestamp, signature, again[name])[0] == 200
+
+
+def test_pipelined_webhooks_are_answered_whole_and_in_order(server: ServerProcess) -> None:
+    """A response's head and body leave in one send: pipelined answers must still come whole, in order."""
+    ids = [f"msg_pipe_{n}" for n in range(5)]
+    requests = b"".join(signed_head(msg_id, body_of(msg_id)) + body_of(msg_id) for msg_id in ids)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(requests)  # one write: the server reads them together
+        answers = [read_answer(sock) for _ in ids]
+    assert answers == [(200, {"id": msg_id, "status": "stored"}) for msg_id in ids]
+    stored = query(server.cwd / "events.db", "SELECT id FROM events ORDER BY seq")
+    assert stored == [(msg_id,) for msg_id in ids]
+
+
+def test_a_connection_close_request_gets_its_whole_answer_before_the_close(server: ServerProcess) -> None:
+    body = body_of("msg_close")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(signed_head("msg_close", body, "Connection: close") + body)
+        data = b""
+        while chunk := sock.recv(65536):  # until the server closes
+            data += chunk
+    top, _, answer = data.partition(b"\r\n\r\n")
+    assert top.startswith(b"HTTP/1.1 200 ") and b"connection: close" in top.lower()
+    assert json.loads(answer) == {"id": "msg_close", "status": "stored"}
