@@ -128,6 +128,15 @@ def resource_refs(event_type: str, data: object) -> list[tuple[str, str]]:
     return list(refs.items())
 
 
+def stored_refs(event_type: str, body: bytes) -> list[tuple[str, str]]:
+    """`resource_refs` of a stored event's body: the keys ingest wrote to `event_refs` for it."""
+    try:
+        envelope = json.loads(body)
+    except (ValueError, RecursionError):  # stored bodies are JSON objects: this is for hand-made rows
+        return []
+    return resource_refs(event_type, envelope.get("data")) if isinstance(envelope, dict) else []
+
+
 def _is_ref(value: object) -> bool:
     # An id is a short printable string: anything else (a NUL, a megabyte) is not worth an index entry.
     return isinstance(value, str) and 0 < len(value) <= MAX_REF_CHARS and value.isprintable()

@@ -77,7 +77,8 @@ def rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     for n in range(BIG):
         at = NOW - 60 * DAY + n * (60 * DAY / BIG)
         event_id = f"evt_{n:06d}"
-        events.append((event_id, TYPES[n % len(TYPES)], None, at, '{"content-type": "application/json"}', b"{}"))
+        body = json.dumps({"data": {"customer_id": ref_of(n)}}).encode()  # the reference REF_SQL writes for it
+        events.append((event_id, TYPES[n % len(TYPES)], None, at, '{"content-type": "application/json"}', body))
         status = "dead" if n % 100 == 1 else "failed" if n % 100 == 2 else "pending" if n % 200 == 3 else "succeeded"
         due = NOW + 3600 if status == "failed" else at
         # Half the runs (one handler's) are ordered by one of 300 subscriptions: the ordering index has history.

@@ -52,7 +52,7 @@ def about(event_id: str, *, at: float, type: str, data: dict[str, Any], handlers
         occurred_at=base.occurred_at,
         received_at=at,
         headers=base.headers,
-        body=base.body,
+        body=envelope(type, **data),
         handlers=handlers,
         refs=resource_refs(type, data),
     )
@@ -195,6 +195,18 @@ def test_refs_are_stored_with_their_event_and_filter_the_listing(store_url: str)
     ]
 
 
+@pytest.mark.parametrize("count", [1, 16, 17, 400], ids=["one", "one-insert", "past-it", "many"])
+def test_an_event_keeps_every_reference_however_many(store_url: str, count: int) -> None:
+    t = float(int(now()))
+    data = {f"k{n:03d}_id": f"r_{n}" for n in range(count)}
+
+    async def work(store: Store) -> tuple[list[tuple[str, str]], list[str]]:
+        await store.ingest(about("evt_many", at=t, type="ping", data=data))
+        return await store.get_refs("evt_many"), [e.id for e in await store.list_events(EventFilter(ref="r_0"))]
+
+    assert run(store_url, work) == ([(f"k{n:03d}", f"r_{n}") for n in range(count)], ["evt_many"])
+
+
 def test_prune_takes_attempts_and_refs_with_their_events(store_url: str) -> None:
     t = float(int(now()))  # whole seconds: both backends round a fraction alike only to the microsecond
 
@@ -249,6 +261,37 @@ def test_the_migration_keeps_a_first_schema_stores_rows(store_url: str) -> None:
     assert table(store_url, "SELECT status FROM events") == [("handled",)]
 
 
+def test_a_store_migrated_past_the_seq_index_keeps_its_references(tmp_path: Path) -> None:
+    """SQLite step 4 drops `event_refs`' seq index: rows written under it are found, listed and pruned by key."""
+    db = str(tmp_path / "events.db")
+    t = float(int(now()))
+    body = envelope("subscription.created", id="sub_1", customer_id="cus_1")
+    with sqlite3.connect(db) as conn:
+        conn.executescript("".join(sqlite_schema._MIGRATIONS[:3]) + "PRAGMA user_version = 3;")
+        conn.execute(
+            "INSERT INTO events (id, type, received_at, headers, body) VALUES (?, ?, ?, ?, ?)",
+            ("evt_1", "subscription.created", iso(t - 3600), "{}", body),
+        )
+        conn.executemany(
+            "INSERT INTO event_refs (seq, kind, ref) VALUES (1, ?, ?)",
+            [("subscription", "sub_1"), ("customer", "cus_1")],
+        )
+    conn.close()
+
+    async def work(store: Store) -> tuple[list[tuple[str, str]], list[str], dict[str, int]]:
+        refs = await store.get_refs("evt_1")
+        about = [e.id for e in await store.list_events(EventFilter(ref="cus_1"))]
+        return refs, about, await store.prune(before=t)
+
+    refs, about, pruned = run(db, work)
+    assert refs == [("customer", "cus_1"), ("subscription", "sub_1")]
+    assert about == ["evt_1"]
+    assert pruned == {"events": 1, "handler_runs": 0, "rejections": 0}
+    assert table(db, "SELECT count(*) FROM event_refs") == [(0,)]
+    # The key is the table itself (WITHOUT ROWID): no index is left beside it.
+    assert table(db, "SELECT name FROM sqlite_master WHERE tbl_name = 'event_refs' AND type = 'index'") == []
+
+
 def test_a_readonly_store_reads_history(store_url: str) -> None:
     t = float(int(now()))  # whole seconds: both backends round a fraction alike only to the microsecond
     run(store_url, lambda store: store.ingest(incoming("evt_1", at=t, handlers=["a"])))
@@ -279,7 +322,9 @@ def test_history_queries_search_an_index_and_scan_no_table(tmp_path: Path, selec
     counting = count_events_sql(selection, cap=1000, mark="?", time=iso)
     reads = [
         ("SELECT * FROM handler_attempts WHERE event_id = ? ORDER BY handler, id", ["evt_1"]),
-        ("SELECT kind, ref FROM event_refs WHERE seq = (SELECT seq FROM events WHERE id = ?)", ["evt_1"]),
+        ("SELECT seq, type, body FROM events WHERE id = ?", ["evt_1"]),
+        ("SELECT 1 FROM event_refs WHERE ref = ? AND kind = ? AND seq = ?", ["cus_1", "customer", 1]),
+        ("DELETE FROM event_refs WHERE ref = ? AND kind = ? AND seq = ?", ["cus_1", "customer", 1]),
     ]
     for sql, params in [listing, counting, *reads]:
         plan = [row[-1] for row in query(db, "EXPLAIN QUERY PLAN " + sql, tuple(params))]

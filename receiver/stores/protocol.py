@@ -104,9 +104,12 @@ def parse_iso(text: str | None) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incoming:
-    """A verified webhook about to be stored, with the names of the handlers it will run."""
+    """A verified webhook about to be stored, with the names of the handlers it will run.
+
+    Not frozen: one is built for every request, and a frozen dataclass's `__init__` costs three times as much.
+    """
 
     id: str
     type: str
@@ -116,7 +119,8 @@ class Incoming:
     body: bytes
     handlers: Sequence[str] = ()
     refs: Sequence[tuple[str, str]] = ()
-    """(kind, id) pairs from `receiver.event.resource_refs`, stored in `event_refs` with the event."""
+    """(kind, id) pairs from `receiver.event.resource_refs` of the body's `data`, stored in `event_refs` with the
+    event. They must be exactly those: the SQLite store finds an event's rows again from its body."""
     ordering: Mapping[str, tuple[str, bool]] = dataclasses.field(default_factory=dict)
     """For each ordered handler among `handlers` (`ordered_by`), the event's resource id of that kind and
     the handler's `hold_on_dead`: its run's `order_key` and `hold_on_dead`. Handlers absent run unordered."""

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, StoreUnavailable
-from ...event import AttemptOutcome, RunStatus
+from ...event import AttemptOutcome, RunStatus, stored_refs
 from ..protocol import (
     ATTEMPT_COLUMNS,
     ATTEMPT_OUTCOME,
@@ -81,7 +81,22 @@ _INSERT_EVENT = (
     "INSERT INTO events (id, type, occurred_at, received_at, headers, body) VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO NOTHING"
 )
+
+
 _INSERT_REF = "INSERT OR IGNORE INTO event_refs (seq, kind, ref) VALUES (?, ?, ?)"
+_REFS_IN_ONE_INSERT = 16
+"""An event with up to this many references writes them with one statement (one step into SQLite, its mutex
+and the GIL, rather than one each); more, one statement each (a body of `x_id` fields would pass SQLite's
+limit on parameters)."""
+
+
+@functools.lru_cache(maxsize=_REFS_IN_ONE_INSERT)
+def _insert_refs(count: int) -> str:
+    return "INSERT OR IGNORE INTO event_refs (seq, kind, ref) VALUES " + ", ".join(["(?, ?, ?)"] * count)
+
+
+# event_refs has one index, its key: an event's rows are found by keys made again from its body (`stored_refs`).
+_REF_KEY = "ref = ? AND kind = ? AND seq = ?"
 # A try's row, read from its run before `finish` updates it (owner and start are the run's lease and claim).
 _RECORD_TRY = (
     f"INSERT INTO handler_attempts ({ATTEMPT_COLUMNS}) SELECT event_id, handler, attempts, lease_owner, started_at, "
@@ -269,8 +284,11 @@ class SQLiteStore:
                 seq = cursor.lastrowid
                 if incoming.handlers:
                     conn.executemany(_INSERT_RUN, _run_rows(incoming, seq, received_at))
-                if incoming.refs:
-                    conn.executemany(_INSERT_REF, [(seq, kind, ref) for kind, ref in incoming.refs])
+                refs = incoming.refs
+                if 0 < len(refs) <= _REFS_IN_ONE_INSERT:
+                    conn.execute(_insert_refs(len(refs)), [v for kind, ref in refs for v in (seq, kind, ref)])
+                elif refs:
+                    conn.executemany(_INSERT_REF, [(seq, kind, ref) for kind, ref in refs])
                 return IngestResult("stored", seq=seq)
             requeued = conn.execute(_REQUEUE_DEAD, (received_at, incoming.id)).rowcount
             return IngestResult("duplicate", requeued=requeued)
@@ -563,10 +581,17 @@ class SQLiteStore:
         return await self._read(_unless_older, lambda conn: [_attempt(row) for row in conn.execute(sql, (event_id,))])
 
     async def get_refs(self, event_id: str) -> list[tuple[str, str]]:
-        sql = "SELECT kind, ref FROM event_refs WHERE seq = (SELECT seq FROM events WHERE id = ?) ORDER BY kind, ref"
-        return await self._read(
-            _unless_older, lambda conn: [(kind, ref) for kind, ref in conn.execute(sql, (event_id,))]
-        )
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            found = conn.execute("SELECT seq, type, body FROM events WHERE id = ?", (event_id,)).fetchone()
+            if found is None:
+                return []
+            seq, event_type, body = found
+            # Only the keys that are there: an event stored before references were kept has none.
+            probe = f"SELECT 1 FROM event_refs WHERE {_REF_KEY}"
+            refs = stored_refs(event_type, body)
+            return sorted((kind, ref) for kind, ref in refs if conn.execute(probe, (ref, kind, seq)).fetchone())
+
+        return await self._read(_unless_older, op)
 
     async def list_events(self, selection: EventFilter) -> list[StoredEvent]:
         return await self._read(select_events, selection)
@@ -792,13 +817,14 @@ def _uri(path: str, mode: str) -> str:
 def _prune_batch(conn: sqlite3.Connection, *, cutoff: str, size: int) -> dict[str, int]:
     # The oldest first, through the received_at index: each batch reads only the rows it deletes.
     old = conn.execute(
-        "SELECT seq, id FROM events WHERE received_at < ? ORDER BY received_at LIMIT ?", (cutoff, size)
+        "SELECT seq, id, type, body FROM events WHERE received_at < ? ORDER BY received_at LIMIT ?", (cutoff, size)
     ).fetchall()
-    runs = conn.executemany("DELETE FROM handler_runs WHERE event_id = ?", [(id,) for _, id in old]).rowcount
+    runs = conn.executemany("DELETE FROM handler_runs WHERE event_id = ?", [(id,) for _, id, _, _ in old]).rowcount
     # Attempts and references go with their events (explicitly: the cascade would do it row by row).
-    conn.executemany("DELETE FROM handler_attempts WHERE event_id = ?", [(id,) for _, id in old])
-    conn.executemany("DELETE FROM event_refs WHERE seq = ?", [(seq,) for seq, _ in old])
-    events = conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq, _ in old]).rowcount
+    conn.executemany("DELETE FROM handler_attempts WHERE event_id = ?", [(id,) for _, id, _, _ in old])
+    keys = [(ref, kind, seq) for seq, _, event_type, body in old for kind, ref in stored_refs(event_type, body)]
+    conn.executemany(f"DELETE FROM event_refs WHERE {_REF_KEY}", keys)
+    events = conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq, _, _, _ in old]).rowcount
     rejections = conn.execute("DELETE FROM rejections WHERE received_at < ?", (cutoff,)).rowcount
     return {"events": max(events, 0), "handler_runs": max(runs, 0), "rejections": rejections}
 
