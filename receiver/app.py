@@ -7,6 +7,7 @@ is the hot path. Everything else (`/healthz`, `/stream`, `/inspect`) goes throug
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -276,7 +277,7 @@ class MontraApp:
         try:
             # Sized before anything is built from them: under a server without our protocol (mounted elsewhere)
             # nothing else bounds them.
-            if sum(len(name) + len(value) for name, value in raw_headers) > MAX_HEADER_BYTES:
+            if sum(map(len, itertools.chain.from_iterable(raw_headers))) > MAX_HEADER_BYTES:
                 message_text = (
                     f"The request headers are larger than {MAX_HEADER_BYTES} bytes; send fewer or shorter ones."
                 )

@@ -21,11 +21,13 @@ def run_ordering(registrations: Iterable[Registration], refs: Sequence[tuple[str
 
     An event without that reference is not about one such resource: its run is unordered.
     """
-    by_kind = dict(refs)
     ordering: dict[str, tuple[str, bool]] = {}
+    by_kind: dict[str, str] | None = None  # built for the first ordered handler: most events have none
     for registration in registrations:
-        if registration.ordered_by is not None and registration.ordered_by in by_kind:
-            ordering[registration.name] = (by_kind[registration.ordered_by], registration.hold_on_dead)
+        if registration.ordered_by is not None:
+            by_kind = dict(refs) if by_kind is None else by_kind
+            if registration.ordered_by in by_kind:
+                ordering[registration.name] = (by_kind[registration.ordered_by], registration.hold_on_dead)
     return ordering
 
 
