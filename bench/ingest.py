@@ -17,9 +17,13 @@ machine noise falls on all three alike; the figures are medians over rounds. Aft
 run the rows in its database are counted against the 2xx answers: a receiver that acknowledged an
 event it did not store would fail the benchmark.
 
+`--against TREE` adds (d): `serve` from another checkout of montra-webhooks (run with this checkout's
+.venv, by PYTHONPATH), in the same alternation, so a change's cost is its (c)/(a) against (d)/(a)
+measured in one run; the median of the rounds' differences is printed too.
+
 Run `python bench/ingest.py [--rounds 5] [--seconds 5] [--connections 64] [--threads 1]
-[--naive inline|thread] [--load wrk|python]`; `main()` returns the figures for `bench/run.py`.
-Targets: (c)/(a) >= 0.5 and (c)/(b) >= 3.
+[--naive inline|thread] [--load wrk|python] [--against TREE]`; `main()` returns the figures for
+`bench/run.py`. Targets: (c)/(a) >= 0.5 and (c)/(b) >= 3.
 """
 
 from __future__ import annotations
@@ -54,25 +58,29 @@ _HERE = Path(__file__).resolve().parent
 _RESULT = re.compile(r"^RESULT (.*)$", re.MULTILINE)
 
 
-def ensure_wrk() -> str | None:
-    """The path of wrk, installing Debian's package when it is missing; None when it cannot be had."""
-    found = shutil.which("wrk")
+def ensure_tool(command: str) -> str | None:
+    """The path of `command`, installing Debian's package of that name when missing; None when it cannot be had."""
+    found = shutil.which(command)
     if found or not shutil.which("apt-get"):
         return found
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     if sudo and not shutil.which("sudo"):
         return None
-    print("wrk not found: installing Debian's package (apt-get install -y wrk)", flush=True)
+    print(f"{command} not found: installing Debian's package (apt-get install -y {command})", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*sudo, "apt-get", "install", "-y", "-q", "wrk"]
+    install = [*sudo, "apt-get", "install", "-y", "-q", command]
     done = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         print("  that failed; updating the package lists first (apt-get update), then again", flush=True)
         subprocess.run([*sudo, "apt-get", "update", "-q"], capture_output=True, env=env, check=False)
         done = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
-            print(f"  apt-get could not install wrk:\n{done.stderr.strip()}", flush=True)
-    return shutil.which("wrk")
+            print(f"  apt-get could not install {command}:\n{done.stderr.strip()}", flush=True)
+    return shutil.which(command)
+
+
+def ensure_wrk() -> str | None:
+    return ensure_tool("wrk")
 
 
 def load_generator(load: str, connections: int, threads: int = 1) -> tuple[str | None, str]:
@@ -108,13 +116,15 @@ def settle(rows: Callable[[], int]) -> int:
 class _Server:
     """One contender's uvicorn process, its log in the run's temporary folder."""
 
-    def __init__(self, key: str, command: list[str], workdir: Path, db: Path | None) -> None:
+    def __init__(
+        self, key: str, command: list[str], workdir: Path, db: Path | None, env: dict[str, str] | None = None
+    ) -> None:
         self.key, self.db, self.port = key, db, _free_port()
         self.url = f"http://127.0.0.1:{self.port}/webhooks"
         self.log = workdir / f"{key}.log"
         with self.log.open("wb") as log:
             command = [part.replace("{port}", str(self.port)) for part in command]
-            self.process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -214,22 +224,29 @@ class _Runner:
         return {"rps": rate, "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000, "ok": ok}
 
 
-def _servers(workdir: Path, naive: str) -> dict[str, _Server]:
+def _servers(workdir: Path, naive: str, against: Path | None) -> dict[str, _Server]:
     baselines = str(_HERE / "_baselines.py")
     serve = Path(sys.executable).with_name("montra-hooks")
     serve_command = [str(serve)] if serve.exists() else [sys.executable, "-c", "from replay.cli import main; main()"]
-    commands = {
-        "a": ([sys.executable, baselines, "bare", "{port}"], None),
-        "b": ([sys.executable, baselines, "naive", "{port}", str(workdir / "b.db"), SECRET, naive], workdir / "b.db"),
-        "c": (
-            [*serve_command, "serve", "--secret", SECRET, "--db", str(workdir / "c.db"), "--port", "{port}"],
-            workdir / "c.db",
+
+    def serving(key: str) -> list[str]:
+        return [*serve_command, "serve", "--secret", SECRET, "--db", str(workdir / f"{key}.db"), "--port", "{port}"]
+
+    commands: dict[str, tuple[list[str], Path | None, dict[str, str] | None]] = {
+        "a": ([sys.executable, baselines, "bare", "{port}"], None, None),
+        "b": (
+            [sys.executable, baselines, "naive", "{port}", str(workdir / "b.db"), SECRET, naive],
+            workdir / "b.db",
+            None,
         ),
+        "c": (serving("c"), workdir / "c.db", None),
     }
+    if against is not None:  # the other checkout's receiver and replay packages come first on the path
+        commands["d"] = (serving("d"), workdir / "d.db", {**os.environ, "PYTHONPATH": str(against)})
     servers: dict[str, _Server] = {}
     try:
-        for key, (command, db) in commands.items():
-            servers[key] = _Server(key, command, workdir, db)
+        for key, (command, db, env) in commands.items():
+            servers[key] = _Server(key, command, workdir, db, env)
     except BaseException:
         for server in servers.values():
             server.stop()
@@ -254,7 +271,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=1, help="load generator threads")
     parser.add_argument("--naive", choices=["inline", "thread"], default="inline", help="how (b) commits")
     parser.add_argument("--load", choices=["wrk", "python"], default="wrk", help="python: bench/_loadgen.py")
+    parser.add_argument("--against", type=Path, help="(d): serve from this other checkout, in the same rounds")
     args = parser.parse_args(argv or [])
+    contenders = dict(CONTENDERS)
+    if args.against is not None:
+        args.against = args.against.resolve()
+        if not (args.against / "receiver" / "__init__.py").exists():
+            parser.error(f"--against {args.against}: not a checkout of montra-webhooks (no receiver/ package)")
+        contenders["d"] = f"serve from {args.against.name}"
 
     wrk, tool = load_generator(args.load, args.connections, args.threads)
     print(f"ingest: {tool}, {args.rounds} alternating rounds of {args.seconds} s after a {args.warmup} s warm-up")
@@ -264,35 +288,47 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         flush=True,
     )
 
-    samples: dict[str, list[dict[str, float]]] = {key: [] for key in CONTENDERS}
+    samples: dict[str, list[dict[str, float]]] = {key: [] for key in contenders}
     with tempfile.TemporaryDirectory(prefix="montra-bench-") as tmp:
         workdir = Path(tmp)
-        servers = _servers(workdir, args.naive)
+        servers = _servers(workdir, args.naive, args.against)
         try:
             runner = _Runner(wrk, workdir, args.threads, args.connections)
             for server in servers.values():
                 runner.run(server, args.warmup)
             runner.warnings.clear()  # the warm-up's figures and warnings are not the benchmark
-            print(f"  {'round':>5} {'(a) req/s':>10} {'(b) req/s':>10} {'(c) req/s':>10} {'c/a':>6} {'c/b':>6}")
+            extra = f" {'(d) req/s':>10} {'d/a':>6}" if "d" in servers else ""
+            print(f"  {'round':>5} {'(a) req/s':>10} {'(b) req/s':>10} {'(c) req/s':>10} {'c/a':>6} {'c/b':>6}{extra}")
             for n in range(1, args.rounds + 1):
                 for key, server in servers.items():
                     samples[key].append(runner.run(server, args.seconds))
                 a, b, c = (samples[key][-1]["rps"] for key in CONTENDERS)
-                print(f"  {n:>5} {a:>10,.0f} {b:>10,.0f} {c:>10,.0f} {c / a:>6.2f} {c / b:>6.2f}", flush=True)
+                line = f"  {n:>5} {a:>10,.0f} {b:>10,.0f} {c:>10,.0f} {c / a:>6.2f} {c / b:>6.2f}"
+                if "d" in servers:
+                    d = samples["d"][-1]["rps"]
+                    line += f" {d:>10,.0f} {d / a:>6.2f}"
+                print(line, flush=True)
             stored_c = servers["c"].settle()
         finally:
             for server in servers.values():
                 server.stop()
 
     figures: dict[str, float] = {}
-    for key in CONTENDERS:
+    for key in contenders:
         for name in ("rps", "p50_ms", "p99_ms"):
             figures[f"{key}_{name}"] = statistics.median(s[name] for s in samples[key])
     figures["ratio_c_over_a"] = figures["c_rps"] / figures["a_rps"]
     figures["ratio_c_over_b"] = figures["c_rps"] / figures["b_rps"]
+    if "d" in contenders:
+        figures["ratio_d_over_a"] = figures["d_rps"] / figures["a_rps"]
+        # Each round's (c)/(a) - (d)/(a): the two ran back to back, so most of the machine's noise cancels.
+        rounds = zip(samples["a"], samples["c"], samples["d"], strict=True)
+        figures["round_difference_c_minus_d"] = statistics.median(
+            (c["rps"] - d["rps"]) / a["rps"] for a, c, d in rounds
+        )
 
     print(f"  median of {args.rounds} rounds:")
-    for key, label in CONTENDERS.items():
+    for key, label in contenders.items():
         rps, p50, p99 = (figures[f"{key}_{name}"] for name in ("rps", "p50_ms", "p99_ms"))
         print(f"    ({key}) {label:<20} {rps:>8,.0f} req/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms")
     for name, target, label in (
@@ -300,6 +336,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ("ratio_c_over_b", TARGET_OVER_NAIVE, "(c)/(b)"),
     ):
         print(f"  {label} = {figures[name]:.2f} (target >= {target}: {'met' if figures[name] >= target else 'MISSED'})")
+    if "d" in contenders:
+        print(
+            f"  (d)/(a) = {figures['ratio_d_over_a']:.2f}; (c)/(a) - (d)/(a), median of the rounds' differences: "
+            f"{figures['round_difference_c_minus_d']:+.3f}"
+        )
     print(f"  load average after: {os.getloadavg()[0]:.1f} (other work on the machine makes every figure noisier)")
     for warning in runner.warnings:
         print(f"  WARNING {warning}")

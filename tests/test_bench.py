@@ -44,6 +44,23 @@ def test_events_are_signed_unique_and_dealt_to_each_thread(tmp_path: Path) -> No
     assert len(set(ids)) == 11
 
 
+def test_the_instruction_count_sends_distinct_signed_webhooks_as_wrk_does() -> None:
+    import ingest_instructions
+
+    raw = ingest_instructions.requests(3, "t", 8000)
+    verifier = Verifier([ingest_instructions.SECRET])
+    ids = []
+    for request in raw:
+        top, _, body = request.partition(b"\r\n\r\n")
+        lines = top.decode().split("\r\n")
+        assert lines[0] == "POST /webhooks HTTP/1.1"
+        headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
+        assert int(headers["content-length"]) == len(body)
+        verifier.verify(body, headers)  # raises unless the signature is valid and fresh
+        ids.append(headers["webhook-id"])
+    assert ids == ["msg_t_000000000", "msg_t_000000001", "msg_t_000000002"]
+
+
 def test_bare_baseline_reads_the_body() -> None:
     import _baselines
 
@@ -76,7 +93,7 @@ def test_runner_finds_every_benchmark_and_skips_helpers() -> None:
     import run
 
     names = run.discover()
-    assert {"ingest", "verify"} <= set(names)
+    assert {"ingest", "ingest_instructions", "verify"} <= set(names)
     assert not {"run", "_baselines", "_loadgen"} & set(names)
     assert run.load("ingest") is not None
 
