@@ -13,6 +13,8 @@ from starlette.testclient import TestClient
 from support.db import query
 
 from receiver import create_app, sign
+from receiver.app import _answer_body
+from receiver.stores.protocol import redact, redacted_json
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 LIMIT = 2048
@@ -131,3 +133,14 @@ def test_arbitrary_requests_never_crash_and_never_store_a_rejection(tmp_path: Pa
             assert after == before + 1
 
         check()
+
+
+@given(st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=8))
+def test_stored_headers_are_what_json_dumps_writes(headers: dict[str, str]) -> None:
+    assert redacted_json(headers) == json.dumps(redact(headers))
+
+
+@given(st.text(), st.sampled_from(["stored", "duplicate"]))
+def test_an_acknowledgement_is_what_json_dumps_writes(event_id: str, status: str) -> None:
+    payload = {"id": event_id, "status": status}
+    assert _answer_body(payload) == json.dumps(payload).encode()

@@ -51,7 +51,7 @@ from ..protocol import (
     iso,
     iter_pages,
     parse_iso,
-    redact,
+    redacted_json,
     select_events_sql,
     stored_types_sql,
     type_ranges,
@@ -272,7 +272,7 @@ class SQLiteStore:
         return disk.f_bavail * disk.f_frsize
 
     async def ingest(self, incoming: Incoming) -> IngestResult:
-        headers = json.dumps(redact(incoming.headers))
+        headers = redacted_json(incoming.headers)
         received_at = iso(incoming.received_at)
 
         def op(conn: sqlite3.Connection) -> IngestResult:
@@ -309,7 +309,7 @@ class SQLiteStore:
             iso(time.time()),
             reason,
             remote,
-            json.dumps(redact(headers)),
+            redacted_json(headers),
             body[:REJECTED_BODY_BYTES],
             message,
             None if detail is None else json.dumps(dict(detail)),
