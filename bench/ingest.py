@@ -95,7 +95,7 @@ def load_generator(load: str, connections: int, threads: int = 1) -> tuple[str |
     return wrk, f"wrk -t{threads} -c{connections}" if wrk else f"bench/_loadgen.py, {connections} connections"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -119,7 +119,7 @@ class _Server:
     def __init__(
         self, key: str, command: list[str], workdir: Path, db: Path | None, env: dict[str, str] | None = None
     ) -> None:
-        self.key, self.db, self.port = key, db, _free_port()
+        self.key, self.db, self.port = key, db, free_port()
         self.url = f"http://127.0.0.1:{self.port}/webhooks"
         self.log = workdir / f"{key}.log"
         with self.log.open("wb") as log:

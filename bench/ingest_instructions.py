@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 
 from _events import event_body
-from ingest import ensure_tool
+from ingest import SECRET, ensure_tool, free_port
 
 from receiver import sign
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 WARMUP = 300
 CONNECTIONS = 16
 _HERE = Path(__file__).resolve().parent
@@ -84,16 +83,9 @@ def _listening(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def instructions_per_webhook(valgrind: str, tree: Path, count: int) -> float:
     """Instructions per webhook of `serve` from `tree`, over `count` webhooks after the warm-up."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="montra-instructions-") as work:
         out = Path(work) / "callgrind.out"
         serve = "import sys; from replay.cli import main; sys.argv[0] = 'montra-hooks'; main()"
