@@ -381,6 +381,51 @@ def test_the_dispatcher_records_each_try_timeouts_included(store_url: str) -> No
     assert all(a.started_at <= a.finished_at for a in rows if a.started_at and a.finished_at)
 
 
+def test_both_ref_filters_select_the_same_events(store_url: str) -> None:
+    """A resource's events are read by its seqs (few references) or by walking events (COMMON_REF_ROWS or more).
+
+    The store picks one by counting the references; both statements must answer alike, an event that names the
+    resource under two kinds included (once).
+    """
+    t = float(int(now()))
+
+    def data(n: int) -> dict[str, Any]:
+        if n % 4 == 0:  # the resource under two kinds
+            return {"id": "cus_1", "parent_id": "cus_1"}
+        return {"id": f"cus_{n}", "owner_id": "cus_1" if n % 2 else "cus_2"}
+
+    async def work(store: Store) -> None:
+        for n in range(12):
+            await store.ingest(about(f"evt_{n}", at=t + n, type="customer.updated", data=data(n)))
+
+    run(store_url, work)
+    postgres = is_postgres_url(store_url)
+    mark, time = ("%s", (lambda moment: moment)) if postgres else ("?", iso)
+
+    def read(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        return pg_query(store_url, sql, params) if postgres else query(Path(store_url), sql, tuple(params))
+
+    answers: dict[bool, list[list[tuple[Any, ...]]]] = {}
+    for common in (False, True):
+        kinds = ["customer", "owner", "parent"] if common else []
+        answers[common] = [
+            read(*select_events_sql(selection, columns="id", mark=mark, time=time, common_ref_kinds=kinds))
+            for selection in (
+                EventFilter(ref="cus_1", newest_first=True, limit=3),
+                EventFilter(ref="cus_1", after_seq=2, max_seq=9),
+            )
+        ] + [read(*count_events_sql(EventFilter(ref="cus_1"), cap=100, mark=mark, time=time, common_ref_kinds=kinds))]
+    assert (
+        answers[False]
+        == answers[True]
+        == [
+            [("evt_11",), ("evt_9",), ("evt_8",)],
+            [("evt_3",), ("evt_4",), ("evt_5",), ("evt_7",), ("evt_8",)],
+            [(9,)],
+        ]
+    )
+
+
 def test_both_handler_filters_select_the_same_events(store_url: str) -> None:
     """A handler's events are read through its runs (few runs) or by walking events (COMMON_HANDLER_RUNS or more).
 

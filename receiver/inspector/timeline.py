@@ -61,7 +61,7 @@ class ResourcePage:
 async def read_resource(store: Store, ref: str, *, after: int | None, limit: int) -> ResourcePage:
     """The events about `ref` with seq above `after` (the first `limit` by seq), and their runs.
 
-    Paged by seq, so each page is one range of the `event_refs` index however large the store; within
+    Paged by seq, so a page costs about the same however many events the resource has (`COMMON_REF_ROWS`); within
     a page the events are put in the order they happened (their envelope timestamp, then seq), so a
     webhook that arrived late shows where it belongs. Events without a readable timestamp sort by
     when they were received.

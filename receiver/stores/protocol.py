@@ -22,6 +22,7 @@ __all__ = [
     "ATTEMPT_OUTCOME",
     "BACKLOG_STATUSES",
     "COMMON_HANDLER_RUNS",
+    "COMMON_REF_ROWS",
     "CRASHED_ERROR",
     "HELD",
     "HOLD_RECHECK",
@@ -51,9 +52,11 @@ __all__ = [
     "is_takeover",
     "iso",
     "iter_pages",
+    "next_ref_kind_sql",
     "parse_iso",
     "redact",
     "redacted_json",
+    "ref_rows_sql",
     "select_events_sql",
     "stored_types_sql",
     "type_clause",
@@ -472,13 +475,16 @@ def select_events_sql(
     time: Callable[[datetime], Any],
     ordered: bool = True,
     common_handler: bool = False,
+    common_ref_kinds: Sequence[str] = (),
     ref_array: bool = False,
 ) -> tuple[str, list[Any]]:
     """The query both backends run for `selection`, with `mark` as the parameter placeholder.
 
     `time` turns a filter's datetime into the backend's column value. `common_handler` says the
-    handler filter's handler has at least COMMON_HANDLER_RUNS runs (`handler_runs_sql` counts them).
-    `ref_array` (PostgreSQL) reads a resource filter's seqs as an array first.
+    handler filter's handler has at least COMMON_HANDLER_RUNS runs (`handler_runs_sql` counts them);
+    `common_ref_kinds`, the kinds of a resource filter's resource with at least COMMON_REF_ROWS
+    references (`ref_rows_sql` counts them; none: it has fewer). `ref_array` (PostgreSQL) reads a
+    resource filter's seqs as an array first.
     Several exact types with a limit (what `distinct_types_sql` turns a prefix into) are read as one
     index walk per type, each stopping at the limit, then merged: one walk over all of them in seq
     order would sort every matching row of the store to keep the first few.
@@ -494,7 +500,13 @@ def select_events_sql(
         where.append(f"id IN ({marks(selection.ids)})")
     if selection.status:
         where.append(f"status IN ({marks(selection.status)})")
-    if selection.ref is not None:
+    if selection.ref is not None and common_ref_kinds:
+        # On many events: walk them in the page's order, probing each one's reference by the full key.
+        ref, kinds = marks([selection.ref]), marks(common_ref_kinds)
+        where.append(
+            f"EXISTS (SELECT 1 FROM event_refs r WHERE r.ref = {ref} AND r.kind IN ({kinds}) AND r.seq = events.seq)"
+        )
+    elif selection.ref is not None:  # on few: read its seqs first, one range of the key
         # The page's seq bounds inside too: PostgreSQL does not carry `events.seq <= x` into the subquery, and
         # walks the event_refs_seq index down from x for the resource instead of the (ref, kind, seq) key.
         about = f"SELECT seq FROM event_refs WHERE ref = {marks([selection.ref])}"
@@ -562,6 +574,24 @@ def handler_runs_sql(mark: str) -> str:
     )
 
 
+COMMON_REF_ROWS = 10_000
+"""A resource filter reads the resource's seqs first (one range of the `event_refs` key) when it has fewer
+references than this; one with more is on a large share of the events, so the filter walks the events in the
+page's order and probes each one's reference by the full key (ref, kind, seq), stopping at the limit.
+Measured on a million-event store, a newest page of 50: a customer on 833,332 events 168 ms read by its seqs
+against 0.13 ms walked; a subscription on one event 0.06 ms read by its seqs against 1,416 ms walked."""
+
+
+def ref_rows_sql(mark: str) -> str:
+    """How many references one resource id has, counted up to COMMON_REF_ROWS (one range of the key, bounded)."""
+    return f"SELECT count(*) FROM (SELECT 1 FROM event_refs WHERE ref = {mark} LIMIT {COMMON_REF_ROWS}) AS refs"
+
+
+def next_ref_kind_sql(mark: str) -> str:
+    """The resource's next kind after the one given (parameters: ref, kind; "" for the first): one key seek."""
+    return f"SELECT min(kind) FROM event_refs WHERE ref = {mark} AND kind > {mark}"
+
+
 MAX_MERGED_TYPES = 64
 """Past this many types a listing is one index range and a sort: a statement of more arms costs more to plan."""
 
@@ -618,6 +648,7 @@ def count_events_sql(
     mark: str,
     time: Callable[[datetime], Any],
     common_handler: bool = False,
+    common_ref_kinds: Sequence[str] = (),
     ref_array: bool = False,
 ) -> tuple[str, list[Any]]:
     """A count of the events `selection` matches that stops at `cap` rows: cheap however many there are."""
@@ -625,7 +656,14 @@ def count_events_sql(
     # Unordered: a count needs no order, and `ORDER BY seq` would make a time window a walk of the whole
     # table in seq order (the planner follows the order, not the received_at index) when it holds fewer than `cap`.
     inner, params = select_events_sql(
-        capped, columns="1", mark=mark, time=time, ordered=False, common_handler=common_handler, ref_array=ref_array
+        capped,
+        columns="1",
+        mark=mark,
+        time=time,
+        ordered=False,
+        common_handler=common_handler,
+        common_ref_kinds=common_ref_kinds,
+        ref_array=ref_array,
     )
     return f"SELECT count(*) FROM ({inner}) AS matching", params
 

@@ -37,6 +37,7 @@ from ..protocol import (
     ATTEMPT_COLUMNS,
     ATTEMPT_OUTCOME,
     COMMON_HANDLER_RUNS,
+    COMMON_REF_ROWS,
     HOLD_RECHECK,
     MAX_REJECTIONS,
     REJECTED_BODY_BYTES,
@@ -55,7 +56,9 @@ from ..protocol import (
     distinct_types_sql,
     handler_runs_sql,
     iter_pages,
+    next_ref_kind_sql,
     redacted_json,
+    ref_rows_sql,
     select_events_sql,
     stored_types_sql,
     type_ranges,
@@ -457,6 +460,7 @@ class PostgresStore:
             mark="%s",
             time=lambda moment: moment,
             common_handler=await self._common_handler(selection),
+            common_ref_kinds=await self._common_ref_kinds(selection),
             ref_array=True,
         )
         return [_event(row) for row in await self._fetch(sql, params)]
@@ -467,6 +471,19 @@ class PostgresStore:
             return False
         [(runs,)] = await self._fetch(handler_runs_sql("%s"), (selection.handler,))
         return bool(runs >= COMMON_HANDLER_RUNS)
+
+    async def _common_ref_kinds(self, selection: EventFilter) -> list[str]:
+        """The kinds of the selection's resource when it has COMMON_REF_ROWS references or more; else none."""
+        if selection.ref is None:
+            return []
+        [(rows,)] = await self._fetch(ref_rows_sql("%s"), (selection.ref,))
+        kinds: list[str] = []
+        while rows >= COMMON_REF_ROWS:
+            [(kind,)] = await self._fetch(next_ref_kind_sql("%s"), (selection.ref, kinds[-1] if kinds else ""))
+            if kind is None:
+                break
+            kinds.append(kind)
+        return kinds
 
     async def event_types(self, patterns: Sequence[str] = ()) -> list[str]:
         found = {
@@ -490,9 +507,14 @@ class PostgresStore:
         return _rejection(rows[0]) if rows else None
 
     async def count_events(self, selection: EventFilter, *, cap: int) -> int:
-        common = await self._common_handler(selection)
         sql, params = count_events_sql(
-            selection, cap=cap, mark="%s", time=lambda moment: moment, common_handler=common, ref_array=True
+            selection,
+            cap=cap,
+            mark="%s",
+            time=lambda moment: moment,
+            common_handler=await self._common_handler(selection),
+            common_ref_kinds=await self._common_ref_kinds(selection),
+            ref_array=True,
         )
         [(count,)] = await self._fetch(sql, params)
         return int(count)

@@ -27,6 +27,7 @@ from ..protocol import (
     ATTEMPT_COLUMNS,
     ATTEMPT_OUTCOME,
     COMMON_HANDLER_RUNS,
+    COMMON_REF_ROWS,
     CRASHED_ERROR,
     HELD,
     HOLD_RECHECK,
@@ -50,8 +51,10 @@ from ..protocol import (
     handler_runs_sql,
     iso,
     iter_pages,
+    next_ref_kind_sql,
     parse_iso,
     redacted_json,
+    ref_rows_sql,
     select_events_sql,
     stored_types_sql,
     type_ranges,
@@ -623,8 +626,14 @@ class SQLiteStore:
 
     async def count_events(self, selection: EventFilter, *, cap: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            common = _common_handler(conn, selection)
-            sql, params = count_events_sql(selection, cap=cap, mark="?", time=iso, common_handler=common)
+            sql, params = count_events_sql(
+                selection,
+                cap=cap,
+                mark="?",
+                time=iso,
+                common_handler=_common_handler(conn, selection),
+                common_ref_kinds=_common_ref_kinds(conn, selection),
+            )
             return int(conn.execute(sql, params).fetchone()[0])
 
         return await self._read(op)
@@ -856,8 +865,14 @@ def select_events(conn: sqlite3.Connection, selection: EventFilter) -> list[Stor
         selection = with_exact_types(selection, stored)
         if not selection.types:
             return []
-    common = _common_handler(conn, selection)
-    sql, params = select_events_sql(selection, columns=_EVENT_COLUMNS, mark="?", time=iso, common_handler=common)
+    sql, params = select_events_sql(
+        selection,
+        columns=_EVENT_COLUMNS,
+        mark="?",
+        time=iso,
+        common_handler=_common_handler(conn, selection),
+        common_ref_kinds=_common_ref_kinds(conn, selection),
+    )
     return [_event(row) for row in conn.execute(sql, params)]
 
 
@@ -866,6 +881,16 @@ def _common_handler(conn: sqlite3.Connection, selection: EventFilter) -> bool:
     if selection.handler is None:
         return False
     return bool(conn.execute(handler_runs_sql("?"), (selection.handler,)).fetchone()[0] >= COMMON_HANDLER_RUNS)
+
+
+def _common_ref_kinds(conn: sqlite3.Connection, selection: EventFilter) -> list[str]:
+    """The kinds of the selection's resource when it has COMMON_REF_ROWS references or more; else none."""
+    if selection.ref is None or conn.execute(ref_rows_sql("?"), (selection.ref,)).fetchone()[0] < COMMON_REF_ROWS:
+        return []
+    kinds: list[str] = []
+    while kind := conn.execute(next_ref_kind_sql("?"), (selection.ref, kinds[-1] if kinds else "")).fetchone()[0]:
+        kinds.append(kind)
+    return kinds
 
 
 def _event(row: tuple[Any, ...]) -> StoredEvent:
